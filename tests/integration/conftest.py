@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.testbed.fixtures import debian_image, debian_vm  # noqa: F401  (re-exported fixtures)
 from tests.testbed.kernels import DEFAULT_RELEASE, fetch_kernel
 
 
@@ -9,3 +10,15 @@ from tests.testbed.kernels import DEFAULT_RELEASE, fetch_kernel
 def kernel_6_1():
     """The default Debian release, fetched and unpacked (cached across runs)."""
     return fetch_kernel(DEFAULT_RELEASE)
+
+
+@pytest.fixture(scope="session")
+def kernel_6_12():
+    """Debian's 6.12 cloud kernel (X86_KERNEL_IBT, CALL_PADDING)."""
+    return fetch_kernel("6.12.107+deb12-cloud-amd64")
+
+
+@pytest.fixture(scope="session", params=["6.1.0-50-cloud-amd64", "6.12.107+deb12-cloud-amd64"])
+def any_kernel(request):
+    """Each testbed release in turn."""
+    return fetch_kernel(request.param)

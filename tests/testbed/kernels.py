@@ -34,6 +34,7 @@ class ReleaseSpec:
     series: str  # "6.1" → linux-source-6.1, linux-kbuild-6.1
     source_version: str
     common: str  # linux-headers-<common>
+    kbuild: str  # the linux-kbuild package's real name (6.12 names it after the ABI)
 
     def packages(self) -> Dict[str, str]:
         """Role → ``name=version`` for apt-get download."""
@@ -41,7 +42,7 @@ class ReleaseSpec:
             "image": f"linux-image-{self.release}-unsigned={self.version}",
             "headers": f"linux-headers-{self.release}={self.version}",
             "headers_common": f"linux-headers-{self.common}={self.version}",
-            "kbuild": f"linux-kbuild-{self.series}={self.version}",
+            "kbuild": f"{self.kbuild}={self.version}",
             "dbg": f"linux-image-{self.release}-dbg={self.version}",
             "source": f"linux-source-{self.series}={self.source_version}",
         }
@@ -49,10 +50,11 @@ class ReleaseSpec:
 
 RELEASES: Dict[str, ReleaseSpec] = {
     "6.1.0-50-cloud-amd64": ReleaseSpec(
-        "6.1.0-50-cloud-amd64", "6.1.176-1", "6.1", "6.1.176-1", "6.1.0-50-common"),
+        "6.1.0-50-cloud-amd64", "6.1.176-1", "6.1", "6.1.176-1", "6.1.0-50-common",
+        "linux-kbuild-6.1"),
     "6.12.107+deb12-cloud-amd64": ReleaseSpec(
         "6.12.107+deb12-cloud-amd64", "6.12.107-1~deb12u1", "6.12", "6.12.107-1~deb12u1",
-        "6.12.107+deb12-common"),
+        "6.12.107+deb12-common", "linux-kbuild-6.12.107+deb12"),
 }
 
 
