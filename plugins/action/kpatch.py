@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Action plugin for kpatch.livepatch.kpatch: ship a controller-side ``src`` to the host.
+
+Like ``copy``, it checksums first: accepted files are kept on the host as
+``<install_dir>/.staging/<sha256>.ko``, and when that file already holds the same bytes nothing
+is sent and the module runs on it.  Otherwise the file is sent to the remote temporary
+directory and the module runs on that copy; only when the module succeeded (and not in check
+mode) is the copy kept in the staging directory.  A refused file therefore leaves nothing on
+the host.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import os
+
+from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.module_utils.common.text.converters import to_text
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.action import ActionBase
+
+MODULE = "kpatch.livepatch.kpatch"
+DEFAULT_INSTALL_DIR = "/var/lib/kpatch"
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = True
+
+    def _remote_sha256(self, path, task_vars):
+        res = self._execute_module(module_name="ansible.legacy.stat", task_vars=task_vars,
+                                   module_args=dict(path=path, get_checksum=True,
+                                                    checksum_algorithm="sha256"))
+        if res.get("failed"):
+            raise AnsibleActionFail("stat %s on the host failed: %s" % (path, res.get("msg")))
+        stat = res.get("stat", {})
+        return stat.get("checksum") if stat.get("exists") else None
+
+    def _send(self, local, staged):
+        """Transfer the file into the remote temporary directory; returns its remote path."""
+        tmp_src = self._connection._shell.join_path(self._connection._shell.tmpdir,
+                                                    os.path.basename(staged))
+        self._transfer_file(local, tmp_src)
+        self._fixup_perms2((self._connection._shell.tmpdir, tmp_src))
+        return tmp_src
+
+    def _keep(self, tmp_src, staged, task_vars):
+        """Move an accepted file into the staging cache so that later runs skip the transfer."""
+        res = self._execute_module(module_name="ansible.legacy.copy", task_vars=task_vars,
+                                   module_args=dict(src=tmp_src, dest=os.path.dirname(staged) + "/",
+                                                    _original_basename=os.path.basename(staged),
+                                                    remote_src=True, mode="0600",
+                                                    directory_mode="0700"))
+        if res.get("failed"):
+            raise AnsibleActionFail("cannot keep %s in %s: %s" % (tmp_src, staged, res.get("msg")))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        args = dict(self._task.args)
+        try:
+            send = None
+            if args.get("src") and not self._remote_bool(args.get("remote_src")):
+                try:
+                    local = self._find_needle("files", args["src"])
+                except AnsibleError as exc:
+                    raise AnsibleActionFail(to_text(exc))
+                digest = _sha256(local)
+                staged = "%s/.staging/%s.ko" % (args.get("install_dir") or DEFAULT_INSTALL_DIR,
+                                                digest)
+                if self._remote_sha256(staged, task_vars) == digest:
+                    args.update(src=staged, remote_src=True)
+                else:
+                    # Not cached: the module checks the copy in the temporary directory first,
+                    # so that a refused file (wrong kernel, wrong sha256) leaves nothing behind.
+                    send = self._send(local, staged)
+                    args.update(src=send, remote_src=True)
+                result.update(staged=staged, transferred=send is not None)
+            module_result = self._execute_module(module_name=MODULE, module_args=args,
+                                                 task_vars=task_vars)
+            result.update(module_result)
+            if send and not module_result.get("failed") and not self._task.check_mode:
+                self._keep(send, result["staged"], task_vars)
+        except AnsibleActionFail as exc:
+            result.update(failed=True, msg=to_text(exc))
+        finally:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    @staticmethod
+    def _remote_bool(value):
+        return boolean(value if value is not None else False, strict=False)

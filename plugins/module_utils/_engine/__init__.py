@@ -1,0 +1,2 @@
+# -*- coding: utf-8 -*-
+"""The ELF diff engine: create-diff-object's passes, one module per pass family."""

@@ -1,0 +1,285 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Comparison pass: mark every patched section and symbol NEW, CHANGED or SAME.
+
+A section is the same when its bytes and its relocations are the same;
+relocations are equal when they name the paired symbol (or, for string
+literals, the same text).  A function whose only difference is a ``__LINE__``
+immediate passed to a line-taking helper (``__might_sleep``, ``printk``,
+``__warn_printk`` ...) is the same: editing lines above it must not patch it.
+A changed ``.cold``/``.part`` child makes its parent changed too, because the
+child is only reachable through the parent's new copy.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    SHT_GROUP,
+    SHT_NOBITS,
+    STT_FUNC,
+    STT_SECTION,
+    ElfObject,
+    Relocation,
+    Section,
+    Status,
+    Symbol,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    is_special_static,
+    strip_number,
+)
+
+# Helpers whose argument list carries __LINE__ (as an immediate in a register).
+LINE_MACRO_CALLEES = frozenset((
+    "__might_sleep", "__might_fault", "__might_resched", "__cant_sleep", "__cant_migrate",
+    "_printk", "printk", "__warn_printk", "warn_slowpath_fmt", "lockdep_rcu_suspicious",
+    "__dynamic_pr_debug", "__dynamic_dev_dbg", "__dynamic_netdev_dbg", "_dev_err", "_dev_warn",
+    "_dev_info", "__ubsan_handle_out_of_bounds", "__kasan_check_read", "kpatch_printk",
+))
+# Bytes between a line-immediate and the call that consumes it.
+_LINE_CALL_WINDOW = 48
+
+
+def _symbols_equal(new: Symbol, old: Symbol) -> bool:
+    if new.twin is not None:
+        return new.twin is old
+    if new.type == STT_SECTION and old.type == STT_SECTION:
+        if new.section is None or old.section is None:
+            return new.section is old.section
+        return new.section.twin is old.section or new.section.name == old.section.name
+    if is_special_static(new) or is_special_static(old):
+        return strip_number(new.name) == strip_number(old.name)
+    # Undefined symbols (externs) are paired by name.
+    return new.is_undefined and old.is_undefined and new.name == old.name
+
+
+def relocations_equal(new: Relocation, old: Relocation) -> bool:
+    if new.offset != old.offset or new.type != old.type:
+        return False
+    if new.string is not None or old.string is not None:
+        return new.string == old.string
+    return new.addend == old.addend and _symbols_equal(new.sym, old.sym)
+
+
+def _relocs(sec: Section) -> List[Relocation]:
+    return sec.rela.relocations if sec.rela is not None else []
+
+
+def _relocation_lists_equal(new: Section, old: Section) -> bool:
+    new_list, old_list = _relocs(new), _relocs(old)
+    if len(new_list) != len(old_list):
+        return False
+    return all(relocations_equal(a, b) for a, b in zip(new_list, old_list))
+
+
+def _diff_ranges(a: bytes, b: bytes) -> List[Tuple[int, int]]:
+    ranges: List[Tuple[int, int]] = []
+    start: Optional[int] = None
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y and start is None:
+            start = i
+        elif x == y and start is not None:
+            ranges.append((start, i))
+            start = None
+    if start is not None:
+        ranges.append((start, len(a)))
+    return ranges
+
+
+def _immediate_start(data: bytes, lo: int, hi: int) -> Optional[int]:
+    """Start of a ``mov $imm32, %r32`` immediate covering data[lo:hi], else None."""
+    for opcode_at in range(max(0, hi - 5), lo):
+        op = data[opcode_at]
+        imm = opcode_at + 1
+        if 0xB8 <= op <= 0xBF and imm <= lo and hi <= imm + 4:
+            return imm
+        # mov $imm32, r/m32 (c7 c0+r) with optional REX prefix handled by the window
+        if op == 0xC7 and opcode_at + 1 < len(data) and data[opcode_at + 1] >= 0xC0:
+            if opcode_at + 2 <= lo and hi <= opcode_at + 6:
+                return opcode_at + 2
+    return None
+
+
+def _calls_line_helper(relocs: Iterable[Relocation], after: int) -> bool:
+    for reloc in relocs:
+        if after <= reloc.offset <= after + _LINE_CALL_WINDOW and reloc.sym.name in LINE_MACRO_CALLEES:
+            return True
+    return False
+
+
+def only_line_numbers_differ(new: Section, old: Section) -> bool:
+    """True when the code differs only in __LINE__ immediates fed to line-taking helpers."""
+    if len(new.data) != len(old.data) or not new.is_text:
+        return False
+    if not _relocation_lists_equal(new, old):
+        return False
+    ranges = _diff_ranges(new.data, old.data)
+    if not ranges:
+        return False
+    relocs = _relocs(new)
+    for lo, hi in ranges:
+        imm = _immediate_start(new.data, lo, hi)
+        if imm is None or _immediate_start(old.data, lo, hi) != imm:
+            return False
+        if not _calls_line_helper(relocs, imm + 4):
+            return False
+    return True
+
+
+def compare_section(sec: Section) -> Status:
+    old = sec.twin
+    if old is None:
+        return Status.NEW
+    if sec.sh_type == SHT_GROUP:
+        # Group data holds section indices, which differ between objects: compare names.
+        same = sec.group_flags == old.group_flags and \
+            [m.name for m in sec.group_members] == [m.name for m in old.group_members]
+        return Status.SAME if same else Status.CHANGED
+    if sec.sh_type == SHT_NOBITS or old.sh_type == SHT_NOBITS:
+        same = sec.sh_type == old.sh_type and sec.size == old.size
+        return Status.SAME if same else Status.CHANGED
+    if sec.data == old.data and _relocation_lists_equal(sec, old):
+        return Status.SAME
+    if only_line_numbers_differ(sec, old):
+        return Status.SAME
+    return Status.CHANGED
+
+
+def compare_sections(patched: ElfObject) -> None:
+    for sec in patched.sections:
+        if sec.is_rela:
+            continue
+        sec.status = compare_section(sec)
+        if sec.rela is not None:
+            sec.rela.status = sec.status
+
+
+def mark_symbols(patched: ElfObject) -> None:
+    """A symbol takes its section's status; unpaired symbols are new."""
+    for sym in patched.symbols[1:]:
+        if sym.twin is None:
+            sym.status = Status.NEW
+        elif sym.section is not None and sym.section.status is not None:
+            sym.status = sym.section.status
+            if sym.section.sym is not sym and sym.section.status == Status.CHANGED:
+                sym.status = _unbundled_status(sym)
+        else:
+            sym.status = Status.SAME
+
+
+def _unbundled_status(sym: Symbol) -> Status:
+    """Several symbols share one section: compare the symbol's own byte range."""
+    old = sym.twin
+    if old is None or old.section is None or sym.section is None or sym.size != old.size:
+        return Status.CHANGED
+    if sym.section.sh_type == SHT_NOBITS:
+        return Status.SAME
+    new_bytes = sym.section.data[sym.value:sym.value + sym.size]
+    old_bytes = old.section.data[old.value:old.value + old.size]
+    if new_bytes != old_bytes:
+        return Status.CHANGED
+    new_relocs = [r for r in _relocs(sym.section) if sym.value <= r.offset < sym.value + sym.size]
+    old_relocs = [r for r in _relocs(old.section) if old.value <= r.offset < old.value + old.size]
+    if len(new_relocs) != len(old_relocs):
+        return Status.CHANGED
+    for a, b in zip(new_relocs, old_relocs):
+        if a.offset - sym.value != b.offset - old.value or a.type != b.type:
+            return Status.CHANGED
+        if (a.string or b.string) and a.string != b.string:
+            return Status.CHANGED
+        if not (a.string or b.string) and (a.addend != b.addend or not _symbols_equal(a.sym, b.sym)):
+            return Status.CHANGED
+    return Status.SAME
+
+
+def _callers_index(patched: ElfObject) -> Dict[int, List[Symbol]]:
+    """id(symbol) → the functions whose code references it (one pass over all relocations)."""
+    callers: Dict[int, List[Symbol]] = {}
+    for rela in patched.sections:
+        base = rela.base
+        if not rela.is_rela or base is None or not base.is_text or base.sym is None:
+            continue
+        for reloc in rela.relocations:
+            bucket = callers.setdefault(id(reloc.sym), [])
+            if base.sym not in bucket:
+                bucket.append(base.sym)
+    return callers
+
+
+def _mark_changed(sym: Symbol) -> None:
+    sym.status = Status.CHANGED
+    if sym.section is not None and sym.section.sym is sym:
+        sym.section.status = Status.CHANGED
+
+
+def propagate_child_changes(patched: ElfObject) -> List[Symbol]:
+    """Mark changed every function that reaches a changed/new ``.cold``/``.part`` child.
+
+    The child has no fentry call of its own, so it is only replaced through new
+    copies of its callers: its parent, and any function a ``.part`` was inlined
+    into.  Returns the functions so promoted.
+    """
+    callers = _callers_index(patched)
+    promoted: List[Symbol] = []
+    pending = [s for s in patched.symbols[1:]
+               if s.parent is not None and not s.name.startswith(("__pfx_", "__cfi_"))
+               and s.status in (Status.CHANGED, Status.NEW)]
+    while pending:
+        child = pending.pop()
+        for caller in callers.get(id(child), []) + ([child.parent] if child.parent else []):
+            if caller is child or caller.status != Status.SAME:
+                continue
+            _mark_changed(caller)
+            promoted.append(caller)
+            if caller.parent is not None:
+                pending.append(caller)  # a child calling a child: climb to the real function
+    return promoted
+
+
+def apply_ignore_directives(patched: ElfObject) -> List[str]:
+    """Honour KPATCH_IGNORE_FUNCTION / KPATCH_IGNORE_SECTION: those count as unchanged.
+
+    ``.kpatch.ignore.functions`` holds pointers to functions and
+    ``.kpatch.ignore.sections`` pointers to section-name strings (kmod/kpatch-macros.h).
+    Returns the names ignored.
+    """
+    ignored: List[str] = []
+    by_name = patched.section_by_name()
+    funcs = by_name.get(".kpatch.ignore.functions")
+    for reloc in _relocs(funcs) if funcs is not None else []:
+        sym = reloc.sym if reloc.sym.type == STT_FUNC else (reloc.sym.section.sym if reloc.sym.section else None)
+        if sym is not None and sym.status == Status.CHANGED:
+            _mark_same(sym)
+            ignored.append(sym.name)
+    names = by_name.get(".kpatch.ignore.sections")
+    for reloc in _relocs(names) if names is not None else []:
+        target = by_name.get(reloc.string or "")
+        if target is not None and target.status == Status.CHANGED:
+            target.status = Status.SAME
+            if target.sym is not None:
+                _mark_same(target.sym)
+            ignored.append(target.name)
+    return ignored
+
+
+def _mark_same(sym: Symbol) -> None:
+    sym.status = Status.SAME
+    if sym.section is not None and sym.section.sym is sym:
+        sym.section.status = Status.SAME
+        if sym.section.rela is not None:
+            sym.section.rela.status = Status.SAME
+
+
+def compare(patched: ElfObject) -> Tuple[List[Symbol], List[str]]:
+    """Run the comparison pass family.
+
+    Returns the functions promoted by their children and the names ignored by
+    the patch's KPATCH_IGNORE_* directives.
+    """
+    compare_sections(patched)
+    mark_symbols(patched)
+    ignored = apply_ignore_directives(patched)
+    return propagate_child_changes(patched), ignored

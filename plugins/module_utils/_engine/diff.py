@@ -1,0 +1,173 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""The create-diff-object pipeline: original + patched object → livepatch object.
+
+Passes run in a fixed order over the two ELF models, each timed:
+read → bundle → correlate → compare → verify → include → special → lookup/output
+→ write.  :func:`create_diff_object` returns a :class:`DiffResult` naming the
+changed and new functions; a patch that cannot be live patched raises
+:class:`PatchRejected`, and no output file is written then.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional, Union
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import STT_FUNC, ElfObject
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
+    bundle as bundle_pass,
+    compare as compare_pass,
+    correlate as correlate_pass,
+    include as include_pass,
+    special as special_pass,
+    verify as verify_pass,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
+    LookupError_,
+    ParentSymtab,
+    Resolver,
+    load_parent_symtab,
+    object_file_name,
+    object_local_names,
+    read_symvers,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import SpecialSectionError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
+
+__all__ = ["DiffResult", "PatchRejected", "create_diff_object"]
+
+
+@dataclass
+class DiffResult:
+    """What the engine found and wrote."""
+
+    object_name: str
+    module_name: str = ""
+    changed_functions: List[str] = field(default_factory=list)
+    new_functions: List[str] = field(default_factory=list)
+    promoted_parents: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+    klp_relocations: int = 0
+    special_kept: Dict[str, int] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)
+    output: Optional[str] = None
+    output_size: int = 0
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changed_functions or self.new_functions)
+
+    def as_dict(self) -> Dict[str, object]:
+        return {
+            "object": self.object_name, "module": self.module_name, "changed_functions": self.changed_functions,
+            "new_functions": self.new_functions, "promoted_parents": self.promoted_parents, "ignored": self.ignored,
+            "klp_relocations": self.klp_relocations, "special_sections_kept": self.special_kept,
+            "timings": self.timings, "output": self.output, "output_size": self.output_size,
+        }
+
+
+class _Timer:
+    def __init__(self, timings: Dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 6)
+
+
+def _load(obj: Union[str, ElfObject]) -> ElfObject:
+    if isinstance(obj, ElfObject):
+        return obj
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+    return read_elf(str(obj))
+
+
+def _parent_symtab(parent_symtab: Union[str, ParentSymtab], parent_name: str) -> ParentSymtab:
+    if isinstance(parent_symtab, ParentSymtab):
+        return parent_symtab
+    return load_parent_symtab(str(parent_symtab), parent_name)
+
+
+def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObject], parent_name: str,
+                       parent_symtab: Union[str, ParentSymtab], symvers: Optional[str], module_name: str,
+                       out: Optional[str], struct_sizes: Optional[Mapping[str, int]] = None) -> DiffResult:
+    """Diff ``orig`` against ``patched`` and write the livepatch object to ``out``.
+
+    ``parent_name`` is "vmlinux" or the patched module's name; ``parent_symtab``
+    its ELF file / readelf text (or a loaded :class:`ParentSymtab`, to share
+    between objects); ``struct_sizes`` the special-section entry sizes (see
+    ``special.STRUCT_KEYS``; None → environment variables).  Nothing is written
+    when there are no changes (``has_changes`` False) or the patch is rejected.
+    """
+    timings: Dict[str, float] = {}
+    timer = _Timer(timings)
+    sizes = dict(struct_sizes) if struct_sizes is not None else special_pass.struct_sizes_from_env()
+    with timer("read"):
+        old, new = _load(orig), _load(patched)
+    result = DiffResult(object_name=str(new.path), module_name=module_name, timings=timings)
+    with timer("bundle"):
+        verify_pass.check_headers(old, new)
+        bundle_pass.bundle(old)
+        bundle_pass.bundle(new)
+    with timer("correlate"):
+        correlate_pass.correlate(old, new)
+    with timer("compare"):
+        promoted, ignored = compare_pass.compare(new)
+        result.promoted_parents = [s.name for s in promoted]
+        result.ignored = ignored
+    with timer("verify"):
+        verify_pass.check_init_changes(new)
+        verify_pass.check_groups(new)
+        verify_pass.check_data_changes(new)
+        verify_pass.check_static_local_references(new)
+    with timer("include"):
+        inc = include_pass.Includer()
+        include_pass.include_standard_elements(new, inc)
+        changed = include_pass.include_changed_functions(new, inc)
+        new_globals = include_pass.include_new_globals(new, inc)
+        include_pass.include_hook_sections(new, inc)
+        inc.drain()
+        verify_pass.check_fentry(changed)
+        result.changed_functions = [s.name for s in changed]
+        result.new_functions = [s.name for s in include_pass.new_functions(new)]
+    if not changed and not any(s.type == STT_FUNC for s in new_globals) and not result.new_functions:
+        return result
+    with timer("special"):
+        try:
+            special = special_pass.regenerate_special_sections(new, sizes, inc)
+        except SpecialSectionError as exc:
+            raise PatchRejected(str(exc))
+        include_pass.include_groups(new)
+        result.special_kept = {k: v for k, v in special.kept.items() if v}
+        verify_pass.check_relocation_ranges(new.sections)
+        verify_pass.check_no_existing_data_copied(new)
+    with timer("lookup"):
+        try:
+            symtab = _parent_symtab(parent_symtab, parent_name)
+            name = object_file_name(new)
+            if name is not None:
+                symtab.select_file_block(name, object_local_names(old))
+            resolver = Resolver(symtab, read_symvers(symvers))
+        except LookupError_ as exc:
+            raise PatchRejected(str(exc))
+    with timer("output"):
+        built = build_output(new, changed, resolver)
+        verify_pass.check_keys(special.keys, built.klp_objects)
+        result.klp_relocations = len(built.klp_relocations)
+    if out is not None:
+        with timer("write"):
+            from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer import write_elf
+            write_elf(built.obj, str(out))
+            result.output = str(out)
+            result.output_size = os.path.getsize(str(out))
+    return result

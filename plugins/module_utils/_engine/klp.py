@@ -1,0 +1,271 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Turn a linked patch module's ``.kpatch.*`` records into livepatch ELF (create-klp-module).
+
+The diff engine cannot resolve references to symbols that are not exported by
+their object; it moves them into ``.kpatch.relocations``/``.kpatch.symbols``
+(layout in ``intermediate.py``).  After kbuild has linked the module, this pass
+rewrites them into what the kernel's livepatch core applies itself
+(Documentation/livepatch/module-elf-format.rst, kernel/livepatch/core.c):
+
+* one SHT_RELA section ``.klp.rela.<objname>.<section>`` per (object, patched
+  section), flagged SHF_RELA_LIVEPATCH (the module loader leaves it alone),
+  SHF_ALLOC (it must stay in memory: the relocations of a module that is loaded
+  later are applied then) and SHF_INFO_LINK, sh_info = the section it patches;
+* one symbol ``.klp.sym.<objname>.<name>,<sympos>`` per distinct target, with
+  section index SHN_LIVEPATCH, bind/type as in the target object.
+
+The kernel parses ``<objname>`` up to the first '.', reads at most 55
+characters of it and 511 of the name, and refuses a module-specific section
+that references a vmlinux symbol; all of that is checked here first.  The two
+consumed sections and their ``.rela`` sections are dropped; ``.kpatch.funcs``
+and ``.kpatch.strings`` stay (the module's hook walks them at init).  The
+``external`` field is not needed here: the engine already names the exporting
+module as the symbol's object, and the kernel resolves it when that module loads.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_64,
+    R_X86_64_NONE,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    SHF_ALLOC,
+    SHF_INFO_LINK,
+    SHF_RELA_LIVEPATCH,
+    SHN_LIVEPATCH,
+    SHT_RELA,
+    ElfObject,
+    Relocation,
+    Section,
+    Symbol,
+)
+
+KLP_RELA_PREFIX = ".klp.rela."
+KLP_SYM_PREFIX = ".klp.sym."
+# kernel/livepatch/core.c: sscanf(".klp.sym.%55[^.].%511[^,],%lu") -- MODULE_NAME_LEN / KSYM_NAME_LEN.
+MAX_OBJNAME = 55
+MAX_SYMNAME = 511
+# What x86-64 apply_relocate_add() handles (arch/x86/kernel/module.c).
+KERNEL_RELOC_TYPES = {R_X86_64_NONE: "R_X86_64_NONE", R_X86_64_64: "R_X86_64_64", R_X86_64_32: "R_X86_64_32",
+                      R_X86_64_32S: "R_X86_64_32S", R_X86_64_PC32: "R_X86_64_PC32",
+                      R_X86_64_PLT32: "R_X86_64_PLT32", R_X86_64_PC64: "R_X86_64_PC64"}
+
+RELOCATION_ENTRY = struct.Struct("<QIIqQQ")  # dest type external addend objname ksym
+SYMBOL_ENTRY = struct.Struct("<QQBB6xQQ")  # src sympos bind type name objname
+_DEST, _OBJNAME, _KSYM = 0, 24, 32  # field offsets in a relocation entry
+_SYM_NAME, _SYM_OBJNAME = 24, 32  # field offsets in a symbol entry
+CONSUMED = (".kpatch.relocations", ".kpatch.symbols")
+
+
+class KlpError(ValueError):
+    """The module's intermediate records cannot become livepatch relocations."""
+
+
+@dataclass
+class KlpResult:
+    """What the conversion made: counts and the section names, for logs and tests."""
+
+    relocations: int = 0
+    symbols: int = 0
+    sections: List[str] = field(default_factory=list)
+
+
+@dataclass
+class _Records:
+    """One intermediate section with its relocations indexed by offset."""
+
+    section: Section
+    relocs: Dict[int, Relocation]
+
+
+def _records(obj: ElfObject, name: str, entsize: int) -> _Records:
+    sec = obj.find_section(name)
+    if sec is None:
+        raise KlpError("%s: no %s section: not a module built from the diff engine's output" % (obj.path, name))
+    if len(sec.data) % entsize:
+        raise KlpError("%s: %s is %d bytes, not a multiple of its %d-byte entries"
+                       % (obj.path, name, len(sec.data), entsize))
+    relocs: Dict[int, Relocation] = {}
+    if sec.rela is not None:
+        for rel in sec.rela.relocations:
+            if rel.offset in relocs:
+                raise KlpError("%s: two relocations at %s+%#x" % (obj.path, name, rel.offset))
+            relocs[rel.offset] = rel
+    return _Records(sec, relocs)
+
+
+def _pointer(obj: ElfObject, recs: _Records, offset: int, what: str) -> Tuple[Section, int]:
+    """(section, offset) an R_X86_64_64 field of a record points at (after any ld -r merging)."""
+    rel = recs.relocs.get(offset)
+    if rel is None or rel.type != R_X86_64_64:
+        raise KlpError("%s: %s at %s+%#x has no R_X86_64_64 relocation" % (obj.path, what, recs.section.name, offset))
+    if rel.sym.section is None:
+        raise KlpError("%s: %s at %s+%#x points at %r, which is not defined in the module"
+                       % (obj.path, what, recs.section.name, offset, rel.sym.name))
+    return rel.sym.section, rel.sym.value + rel.addend
+
+
+def _string(obj: ElfObject, recs: _Records, offset: int, strings: Section, what: str) -> str:
+    sec, where = _pointer(obj, recs, offset, what)
+    if sec is not strings:
+        raise KlpError("%s: %s at %s+%#x points into %s, not .kpatch.strings"
+                       % (obj.path, what, recs.section.name, offset, sec.name))
+    end = strings.data.find(b"\0", where)
+    if where < 0 or end < 0:
+        raise KlpError("%s: %s at %s+%#x points outside .kpatch.strings" % (obj.path, what, recs.section.name, offset))
+    return strings.data[where:end].decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class _Target:
+    objname: str
+    name: str
+    sympos: int
+    bind: int
+    type: int
+
+
+def _check_objname(obj: ElfObject, objname: str, context: str) -> None:
+    if not objname or "." in objname or len(objname) > MAX_OBJNAME:
+        raise KlpError("%s: object name %r (%s) must be 1-%d characters without '.': the kernel could not "
+                       "parse it" % (obj.path, objname, context, MAX_OBJNAME))
+
+
+def _target(obj: ElfObject, syms: _Records, offset: int, strings: Section) -> _Target:
+    if offset < 0 or offset % SYMBOL_ENTRY.size or offset >= len(syms.section.data):
+        raise KlpError("%s: a .kpatch.relocations entry refers to .kpatch.symbols+%#x, not an entry"
+                       % (obj.path, offset))
+    _src, sympos, bind, typ, _name, _objname = SYMBOL_ENTRY.unpack_from(syms.section.data, offset)
+    name = _string(obj, syms, offset + _SYM_NAME, strings, "symbol name")
+    objname = _string(obj, syms, offset + _SYM_OBJNAME, strings, "symbol object name")
+    _check_objname(obj, objname, "symbol %s" % name)
+    if not name or len(name) > MAX_SYMNAME or "," in name:
+        raise KlpError("%s: symbol name %r cannot be a livepatch symbol (1-%d characters, no ',')"
+                       % (obj.path, name, MAX_SYMNAME))
+    return _Target(objname, name, sympos, bind, typ)
+
+
+class _Builder:
+    """Collects the new symbols and sections, reusing them per name."""
+
+    def __init__(self, obj: ElfObject) -> None:
+        self.obj = obj
+        self.symbols: Dict[str, Symbol] = {}
+        self.sections: Dict[str, Section] = {}
+        self.symtab = next((s for s in obj.sections if s.name == ".symtab"), None)
+
+    def symbol(self, target: _Target) -> Symbol:
+        name = "%s%s.%s,%d" % (KLP_SYM_PREFIX, target.objname, target.name, target.sympos)
+        sym = self.symbols.get(name)
+        if sym is None:
+            sym = Symbol(name=name, bind=target.bind, type=target.type, shndx=SHN_LIVEPATCH)
+            self.symbols[name] = sym
+        elif (sym.bind, sym.type) != (target.bind, target.type):
+            raise KlpError("%s: %s is recorded with two different bind/type pairs" % (self.obj.path, name))
+        return sym
+
+    def section(self, objname: str, base: Section) -> Section:
+        name = "%s%s.%s" % (KLP_RELA_PREFIX, objname, base.name)
+        sec = self.sections.get(name)
+        if sec is None:
+            sec = Section(name=name, sh_type=SHT_RELA, flags=SHF_RELA_LIVEPATCH | SHF_INFO_LINK | SHF_ALLOC,
+                          addralign=8, entsize=24, link=self.symtab, base=base)
+            self.sections[name] = sec
+        return sec
+
+
+def _convert_entries(obj: ElfObject, builder: _Builder) -> int:
+    relocs = _records(obj, ".kpatch.relocations", RELOCATION_ENTRY.size)
+    syms = _records(obj, ".kpatch.symbols", SYMBOL_ENTRY.size)
+    strings = obj.find_section(".kpatch.strings")
+    if strings is None:
+        raise KlpError("%s: no .kpatch.strings section: not a module built from the diff engine's output" % obj.path)
+    count = 0
+    for base in range(0, len(relocs.section.data), RELOCATION_ENTRY.size):
+        _dest, rtype, _external, addend, _objname, _ksym = RELOCATION_ENTRY.unpack_from(relocs.section.data, base)
+        dest_sec, dest_off = _pointer(obj, relocs, base + _DEST, "relocation destination")
+        objname = _string(obj, relocs, base + _OBJNAME, strings, "relocation object name")
+        _check_objname(obj, objname, "relocation %d" % (base // RELOCATION_ENTRY.size))
+        ksym_sec, ksym_off = _pointer(obj, relocs, base + _KSYM, "relocation symbol")
+        if ksym_sec is not syms.section:
+            raise KlpError("%s: relocation %d points into %s, not .kpatch.symbols"
+                           % (obj.path, base // RELOCATION_ENTRY.size, ksym_sec.name))
+        target = _target(obj, syms, ksym_off, strings)
+        if rtype not in KERNEL_RELOC_TYPES:
+            raise KlpError("%s: relocation type %d for %s is not one the x86-64 kernel applies"
+                           % (obj.path, rtype, target.name))
+        if objname != "vmlinux" and target.objname == "vmlinux":
+            raise KlpError("%s: a relocation for module %s references vmlinux symbol %s; the kernel refuses "
+                           "that (the symbol must be exported or the relocation tied to vmlinux)"
+                           % (obj.path, objname, target.name))
+        if not 0 <= dest_off < dest_sec.size:
+            raise KlpError("%s: relocation destination %s+%#x is outside the section"
+                           % (obj.path, dest_sec.name, dest_off))
+        sec = builder.section(objname, dest_sec)
+        sec.relocations.append(Relocation(dest_off, rtype, builder.symbol(target), addend))
+        count += 1
+    return count
+
+
+def _drop_consumed(obj: ElfObject) -> None:
+    """Remove the consumed sections, their rela sections and every symbol defined in them."""
+    gone = set()
+    for name in CONSUMED:
+        sec = obj.find_section(name)
+        if sec is not None:
+            gone.add(id(sec))
+            if sec.rela is not None:
+                gone.add(id(sec.rela))
+    obj.sections = [s for s in obj.sections if id(s) not in gone]
+    dropped = [s for s in obj.symbols if s.section is not None and id(s.section) in gone]
+    dropped_ids = {id(s) for s in dropped}
+    for sec in obj.sections:
+        for rel in sec.relocations:
+            if id(rel.sym) in dropped_ids:
+                raise KlpError("%s: %s still refers to %s, which is dropped with the intermediate sections"
+                               % (obj.path, sec.name, rel.sym.name))
+    obj.symbols = [s for s in obj.symbols if id(s) not in dropped_ids]
+
+
+def _modinfo_says_livepatch(obj: ElfObject) -> Optional[bool]:
+    """None for a plain object; for a module, whether .modinfo carries livepatch=Y."""
+    modinfo = obj.find_section(".modinfo")
+    if modinfo is None:
+        return None
+    return b"livepatch=Y" in modinfo.data.split(b"\0")
+
+
+def convert_to_klp(obj: ElfObject) -> KlpResult:
+    """Rewrite ``obj`` in place (see the module docstring); the caller writes it out."""
+    if _modinfo_says_livepatch(obj) is False:
+        raise KlpError("%s: .modinfo lacks livepatch=Y (MODULE_INFO(livepatch, \"Y\")): the kernel would "
+                       "refuse to enable it as a live patch" % obj.path)
+    builder = _Builder(obj)
+    if builder.symtab is None:
+        raise KlpError("%s: no .symtab section" % obj.path)
+    count = _convert_entries(obj, builder)
+    _drop_consumed(obj)
+    obj.sections.extend(builder.sections.values())
+    obj.symbols.extend(builder.symbols.values())
+    return KlpResult(relocations=count, symbols=len(builder.symbols), sections=list(builder.sections))
+
+
+def create_klp_module(in_path: str, out_path: str) -> KlpResult:
+    """Read a linked patch module, convert it, write ``out_path`` atomically."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer import write_elf
+
+    obj = read_elf(str(in_path))
+    result = convert_to_klp(obj)
+    write_elf(obj, str(out_path))
+    return result

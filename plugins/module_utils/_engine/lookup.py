@@ -1,0 +1,285 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Lookup pass: where do the output's unresolved references live in the running kernel?
+
+The *parent* is the object being patched: ``vmlinux`` or one module.  Its symbol
+table is read either from the ELF file or from ``readelf -s --wide`` text (both
+give the same :class:`ParentSymbol` list).  Locals are searched only in the block
+of locals that follows the patched source file's ``STT_FILE`` symbol — the block
+is identified by the file name plus the object's own local names, because many
+kernel files share a base name (``core.c``).  A local's ``sympos`` is its
+1-based rank among same-named locals in kallsyms order (by address for
+vmlinux, symbol-table order for modules), 0 when the name is unique.
+
+``Module.symvers`` says which globals are exported and by whom; an exported
+vmlinux symbol is resolved by the module loader, everything else needs a
+livepatch relocation (``needs_klp_relocation``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    SHN_UNDEF,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_FILE,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    STT_SECTION,
+    STT_TLS,
+    ElfObject,
+    Symbol,
+)
+
+_BINDS = {"LOCAL": STB_LOCAL, "GLOBAL": STB_GLOBAL, "WEAK": STB_WEAK, "UNIQUE": STB_GLOBAL}
+_TYPES = {"NOTYPE": STT_NOTYPE, "OBJECT": STT_OBJECT, "FUNC": STT_FUNC, "SECTION": STT_SECTION,
+          "FILE": STT_FILE, "TLS": STT_TLS}
+_READELF_LINE = re.compile(r"^\s*(\d+):\s+([0-9a-fA-F]+)\s+(\d+|0x[0-9a-fA-F]+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*(.*)$")
+_NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
+
+
+class LookupError_(ValueError):
+    """A symbol cannot be located in the parent object; the message names it."""
+
+
+@dataclass
+class ParentSymbol:
+    name: str
+    value: int
+    size: int
+    bind: int
+    type: int
+    defined: bool
+    index: int
+
+
+@dataclass
+class ExportInfo:
+    name: str
+    module: str       # "vmlinux" or the module path as Module.symvers writes it
+    export_type: str  # EXPORT_SYMBOL / EXPORT_SYMBOL_GPL
+
+    @property
+    def objname(self) -> str:
+        return module_objname(self.module)
+
+
+def module_objname(module: str) -> str:
+    """Livepatch's object name for a Module.symvers module column ("drivers/x/foo-bar" → "foo_bar")."""
+    return module.rsplit("/", 1)[-1].replace("-", "_")
+
+
+@dataclass
+class FileBlock:
+    name: str
+    locals: List[ParentSymbol] = field(default_factory=list)
+
+    def names(self) -> Set[str]:
+        return {s.name for s in self.locals}
+
+
+@dataclass
+class Resolution:
+    """Where a reference goes: ``objname``/``sympos`` of the parent's symbol."""
+
+    name: str
+    objname: str
+    sympos: int
+    bind: int
+    type: int
+    value: int
+    size: int
+    external: bool = False
+
+
+def parse_readelf_symbols(text: str) -> List[ParentSymbol]:
+    """ParentSymbols from ``readelf -s --wide`` output (the ``.symtab`` table only)."""
+    out: List[ParentSymbol] = []
+    in_symtab = False
+    for line in text.splitlines():
+        if line.startswith("Symbol table"):
+            in_symtab = "'.symtab'" in line
+            continue
+        if not in_symtab:
+            continue
+        match = _READELF_LINE.match(line)
+        if not match:
+            continue
+        num, value, size, typ, bind, _vis, ndx, name = match.groups()
+        if num == "0":
+            continue  # the null symbol
+        name = name.split("@", 1)[0].strip()
+        out.append(ParentSymbol(name, int(value, 16), int(size, 0), _BINDS.get(bind, STB_LOCAL),
+                                _TYPES.get(typ, STT_NOTYPE), ndx != "UND", int(num)))
+    return out
+
+
+def read_readelf_symbols(path: str) -> List[ParentSymbol]:
+    proc = subprocess.run(["readelf", "-s", "--wide", path], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise LookupError_("readelf -s %s failed: %s" % (path, proc.stderr.strip()))
+    return parse_readelf_symbols(proc.stdout)
+
+
+def symbols_from_model(symbols: Iterable[Symbol]) -> List[ParentSymbol]:
+    out = []
+    for sym in symbols:
+        if sym.index == 0 and not sym.name:
+            continue
+        out.append(ParentSymbol(sym.name, sym.value, sym.size, sym.bind, sym.type,
+                                sym.section is not None or sym.shndx != SHN_UNDEF, sym.index))
+    return out
+
+
+def read_symvers(path: Optional[str]) -> Dict[str, ExportInfo]:
+    """Module.symvers: ``crc<TAB>symbol<TAB>module<TAB>export type[<TAB>namespace]``."""
+    exports: Dict[str, ExportInfo] = {}
+    if not path:
+        return exports
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 4:
+                if line.strip():
+                    raise LookupError_("%s:%d: not a Module.symvers line: %r" % (path, lineno, line.strip()))
+                continue
+            exports[parts[1]] = ExportInfo(parts[1], parts[2], parts[3])
+    return exports
+
+
+class ParentSymtab:
+    """The parent's symbol table, indexed once for all lookups."""
+
+    def __init__(self, symbols: List[ParentSymbol], objname: str) -> None:
+        self.objname = objname
+        self.is_vmlinux = objname == "vmlinux"
+        self.globals: Dict[str, ParentSymbol] = {}
+        self.locals_by_name: Dict[str, List[ParentSymbol]] = {}
+        self.blocks: List[FileBlock] = []
+        self.blocks_by_name: Dict[str, List[FileBlock]] = {}
+        current: Optional[FileBlock] = None
+        for sym in symbols:
+            if sym.type == STT_FILE:
+                current = FileBlock(sym.name)
+                self.blocks.append(current)
+                self.blocks_by_name.setdefault(sym.name, []).append(current)
+            elif sym.bind == STB_LOCAL:
+                if sym.type == STT_SECTION or not sym.name:
+                    continue
+                self.locals_by_name.setdefault(sym.name, []).append(sym)
+                if current is not None:
+                    current.locals.append(sym)
+            elif sym.defined:
+                self.globals.setdefault(sym.name, sym)
+        self._block: Optional[FileBlock] = None
+
+    def select_file_block(self, filename: str, local_names: Iterable[str]) -> FileBlock:
+        """The block of ``filename`` holding the object's locals (best match, must be unique)."""
+        candidates = self.blocks_by_name.get(filename, [])
+        if not candidates:
+            raise LookupError_("source file %s has no STT_FILE symbol in the %s symbol table"
+                               % (filename, self.objname))
+        wanted = set(local_names)
+        scored = sorted(((len(wanted & b.names()), i, b) for i, b in enumerate(candidates)), reverse=True,
+                        key=lambda t: (t[0], -t[1]))
+        best = scored[0]
+        if len(scored) > 1 and scored[1][0] == best[0] and wanted:
+            raise LookupError_("cannot tell which of %d '%s' files in %s the object is: their locals match "
+                               "equally well" % (len(candidates), filename, self.objname))
+        self._block = best[2]
+        return best[2]
+
+    def _kallsyms_rank(self, sym: ParentSymbol) -> int:
+        same = self.locals_by_name.get(sym.name, [])
+        if len(same) + (1 if sym.name in self.globals else 0) <= 1:
+            return 0
+        order = sorted(same, key=lambda s: (s.value, s.index)) if self.is_vmlinux else same
+        return 1 + next(i for i, s in enumerate(order) if s is sym)
+
+    def find_local(self, name: str) -> Optional[Resolution]:
+        """A local of the selected file block: exact name, else a unique match ignoring ``.N``."""
+        if self._block is None:
+            raise LookupError_("no file block selected in the %s symbol table" % self.objname)
+        exact = [s for s in self._block.locals if s.name == name]
+        if not exact:
+            base = _NUMBER_SUFFIX.sub("", name)
+            exact = [s for s in self._block.locals if _NUMBER_SUFFIX.sub("", s.name) == base]
+        if len(exact) != 1:
+            return None
+        sym = exact[0]
+        return Resolution(sym.name, self.objname, self._kallsyms_rank(sym), sym.bind, sym.type,
+                          sym.value, sym.size)
+
+    def find_global(self, name: str) -> Optional[Resolution]:
+        sym = self.globals.get(name)
+        if sym is None:
+            return None
+        return Resolution(sym.name, self.objname, 0, sym.bind, sym.type, sym.value, sym.size)
+
+
+def load_parent_symtab(path: str, objname: str) -> ParentSymtab:
+    """Read the parent's table from an ELF file, or from readelf text when ``path`` is not ELF."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"\x7fELF":
+        from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_symbols
+        return ParentSymtab(symbols_from_model(read_symbols(path)), objname)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return ParentSymtab(parse_readelf_symbols(fh.read()), objname)
+
+
+def object_file_name(obj: ElfObject) -> Optional[str]:
+    for sym in obj.symbols[1:]:
+        if sym.type == STT_FILE:
+            return sym.name
+    return None
+
+
+def object_local_names(obj: ElfObject) -> List[str]:
+    """Names of the object's own function/object locals (to recognise its file block)."""
+    return [s.name for s in obj.symbols[1:]
+            if s.is_local and s.type in (STT_FUNC, STT_OBJECT) and s.section is not None
+            and not s.name.startswith(("__pfx_", "__cfi_", "__UNIQUE_ID_", "__already_done", "__func__",
+                                       "__key", "_rs", "CSWTCH", "__warned"))]
+
+
+@dataclass
+class Resolver:
+    """Decides, per unresolved symbol, a normal undefined reference or a klp relocation."""
+
+    symtab: ParentSymtab
+    exports: Dict[str, ExportInfo]
+
+    def exported_by_vmlinux(self, name: str) -> bool:
+        info = self.exports.get(name)
+        return info is not None and info.module == "vmlinux"
+
+    def resolve(self, sym: Symbol) -> Tuple[bool, Optional[Resolution]]:
+        """(needs a klp relocation, where).  ``where`` None + False: a normal reference."""
+        if sym.is_local:
+            found = self.symtab.find_local(sym.name)
+            if found is None:
+                raise LookupError_("local symbol %s not found in the %s block of %s's symbol table"
+                                   % (sym.name, self.symtab._block.name if self.symtab._block else "?",
+                                      self.symtab.objname))
+            return True, found
+        info = self.exports.get(sym.name)
+        if info is not None:
+            if info.module == "vmlinux" or info.objname != self.symtab.objname:
+                # Exported elsewhere: the module loader resolves it (another module → dependency).
+                return False, None
+            found = self.symtab.find_global(sym.name)
+            return True, found or Resolution(sym.name, self.symtab.objname, 0, sym.bind, sym.type, 0, 0)
+        found = self.symtab.find_global(sym.name)
+        if found is None:
+            raise LookupError_("global symbol %s is neither exported (Module.symvers) nor defined in %s"
+                               % (sym.name, self.symtab.objname))
+        return True, found

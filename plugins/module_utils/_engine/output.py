@@ -1,0 +1,144 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Output pass: turn the included part of the patched object into the output model.
+
+Included sections keep their order; their relocations stay, except those whose
+target is not in the output and is not an export of vmlinux: those move into
+``.kpatch.relocations`` (see ``intermediate.py``).  Symbols that are referenced
+but not included become undefined; undefined locals (and globals no longer
+referenced) are dropped, since only a livepatch relocation can reach them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    SHN_UNDEF,
+    STT_FILE,
+    STT_SECTION,
+    ElfObject,
+    Section,
+    Symbol,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import (
+    KlpRelocation,
+    KlpSymbol,
+    PatchedFunc,
+    emit_intermediate_sections,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import LookupError_, Resolver
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
+
+
+@dataclass
+class OutputResult:
+    obj: ElfObject
+    funcs: List[PatchedFunc] = field(default_factory=list)
+    klp_relocations: List[KlpRelocation] = field(default_factory=list)
+    klp_objects: Dict[int, str] = field(default_factory=dict)   # id(symbol) → objname
+
+
+def _included_sections(patched: ElfObject) -> List[Section]:
+    for sec in patched.sections:
+        if sec.is_rela and sec.base is not None and sec.base.include and not sec.base.is_debug:
+            sec.include = True
+    return [sec for sec in patched.sections if sec.include and not sec.is_debug]
+
+
+def _make_undefined(sym: Symbol) -> None:
+    sym.section = None
+    sym.shndx = SHN_UNDEF
+    sym.value = 0
+    sym.size = 0
+
+
+def _included_symbols(patched: ElfObject) -> List[Symbol]:
+    out = [patched.symbols[0]]
+    for sym in patched.symbols[1:]:
+        if not sym.include and sym.type != STT_FILE:
+            continue
+        if sym.type == STT_SECTION and (sym.section is None or not sym.section.include):
+            continue
+        if sym.section is not None and not sym.section.include:
+            _make_undefined(sym)
+        out.append(sym)
+    return out
+
+
+def _resolve_changed_functions(changed: List[Symbol], resolver: Resolver) -> List[PatchedFunc]:
+    funcs = []
+    for sym in changed:
+        found = resolver.symtab.find_local(sym.name) if sym.is_local else resolver.symtab.find_global(sym.name)
+        if found is None:
+            raise PatchRejected("changed function %s is not in the %s symbol table (inlined or renamed in the "
+                                "running kernel?)" % (sym.name, resolver.symtab.objname))
+        funcs.append(PatchedFunc(sym, found.value, found.size, found.sympos, found.objname))
+    return funcs
+
+
+def _klp_relocations(sections: List[Section], resolver: Resolver) -> Tuple[List[KlpRelocation], Dict[int, str]]:
+    moved: List[KlpRelocation] = []
+    decided: Dict[int, Tuple[bool, KlpSymbol, bool]] = {}
+    objects: Dict[int, str] = {}
+    for rela in sections:
+        if not rela.is_rela or rela.base is None:
+            continue
+        kept = []
+        for reloc in rela.relocations:
+            sym = reloc.sym
+            if not sym.is_undefined:
+                kept.append(reloc)
+                continue
+            if id(sym) not in decided:
+                try:
+                    need, where = resolver.resolve(sym)
+                except LookupError_ as exc:
+                    raise PatchRejected("%s (referenced from %s+%#x)" % (exc, rela.base.name, reloc.offset))
+                ksym = None
+                if need:
+                    ksym = KlpSymbol(where.name, where.objname, where.sympos, where.bind, where.type)
+                    objects[id(sym)] = where.objname
+                decided[id(sym)] = (need, ksym, where.external if where else False)
+            need, ksym, external = decided[id(sym)]
+            if not need:
+                kept.append(reloc)
+                continue
+            moved.append(KlpRelocation(rela.base, reloc.offset, reloc.type, reloc.addend, ksym, external))
+        rela.relocations = kept
+    return moved, objects
+
+
+def _drop_unreferenced_undefined(obj: ElfObject) -> None:
+    used = set()
+    for sec in obj.sections:
+        if sec.is_rela:
+            used.update(id(r.sym) for r in sec.relocations)
+        signature = getattr(sec, "signature", None)
+        if signature is not None:
+            used.add(id(signature))
+    obj.symbols = [obj.symbols[0]] + [s for s in obj.symbols[1:]
+                                      if not (s.is_undefined and s.type != STT_FILE) or id(s) in used]
+    for sym in obj.symbols[1:]:
+        if sym.is_local and sym.is_undefined and sym.type != STT_FILE:
+            raise PatchRejected("local symbol %s is still referenced but not included" % sym.name)
+
+
+def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) -> OutputResult:
+    """Assemble the output model (still to be written with ``write_elf``)."""
+    sections = _included_sections(patched)
+    symbols = _included_symbols(patched)
+    out = ElfObject(path=patched.path, ei_osabi=patched.ei_osabi, ei_abiversion=patched.ei_abiversion,
+                    e_type=patched.e_type, e_machine=patched.e_machine, e_flags=patched.e_flags,
+                    sections=sections, symbols=symbols)
+    funcs = _resolve_changed_functions(changed, resolver)
+    moved, objects = _klp_relocations(sections, resolver)
+    out.sections = [s for s in out.sections if not (s.is_rela and not s.relocations)]
+    for sec in out.sections:
+        if sec.rela is not None and sec.rela not in out.sections:
+            sec.rela = None
+    _drop_unreferenced_undefined(out)
+    emit_intermediate_sections(out, funcs, moved)
+    return OutputResult(out, funcs, moved, objects)

@@ -1,0 +1,265 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Special-section pass: rebuild the kernel's per-instruction tables.
+
+Sections such as ``__bug_table`` or ``__jump_table`` are arrays of fixed-size
+entries, each pointing (through relocations) at one spot of one function.  The
+output keeps exactly the entries of the functions it includes, re-packed and
+with relocation offsets rebased; the entries' other references (replacement
+code, fix-up code, file-name strings, static keys) are then included like any
+other reference.
+
+Entry sizes of the kernel's structures are never assumed: they come from the
+caller's ``struct_sizes`` dict (filled from the kernel's DWARF by
+``_kbuild/structsizes.py``, or from the environment variables kpatch uses —
+see :func:`struct_sizes_from_env`).  Arrays of ``s32`` offsets or of pointers
+are sized by their C element type.
+
+``.orc_unwind`` has no relocations: its entry *i* belongs to entry *i* of
+``.orc_unwind_ip`` and is kept or dropped with it.  ``.printk_index`` is an
+array of pointers to ``struct pi_entry`` objects; an entry is kept when the
+``pi_entry``'s ``func`` string names an included function.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    STT_FUNC,
+    ElfObject,
+    Relocation,
+    Section,
+    Symbol,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.include import Includer
+
+# Key in struct_sizes → (C struct, environment variable).
+STRUCT_KEYS = {
+    "PARA": ("paravirt_patch_site", "PARA_STRUCT_SIZE"),
+    "EX": ("exception_table_entry", "EX_STRUCT_SIZE"),
+    "BUG": ("bug_entry", "BUG_STRUCT_SIZE"),
+    "ALT": ("alt_instr", "ALT_STRUCT_SIZE"),
+    "JUMP": ("jump_entry", "JUMP_STRUCT_SIZE"),
+    "ORC": ("orc_entry", "ORC_STRUCT_SIZE"),
+    "STATIC_CALL": ("static_call_site", "STATIC_CALL_STRUCT_SIZE"),
+    "PRINTK_INDEX": ("pi_entry", "PRINTK_INDEX_STRUCT_SIZE"),
+}
+_S32 = 4   # sizeof(s32): the *_sites arrays and .orc_unwind_ip
+_PTR = 8   # sizeof(void *) on x86-64: __mcount_loc, .printk_index
+
+# Section → struct key (looked up in struct_sizes) or element size of a plain array.
+SPECIAL_SECTIONS: Dict[str, object] = {
+    "__bug_table": "BUG",
+    "__ex_table": "EX",
+    "__jump_table": "JUMP",
+    ".static_call_sites": "STATIC_CALL",
+    ".altinstructions": "ALT",
+    ".parainstructions": "PARA",
+    ".orc_unwind_ip": _S32,
+    ".smp_locks": _S32,
+    ".retpoline_sites": _S32,
+    ".return_sites": _S32,
+    ".call_sites": _S32,
+    ".ibt_endbr_seal": _S32,
+    "__mcount_loc": _PTR,
+    "__patchable_function_entries": _PTR,
+    ".printk_index": _PTR,
+}
+# Offset of the key pointer inside entries whose key must be resolvable at load time.
+KEY_FIELDS = {"__jump_table": 8, ".static_call_sites": 4}
+
+
+class SpecialSectionError(ValueError):
+    """A special section cannot be regenerated (unknown entry size, torn entry ...)."""
+
+
+def struct_sizes_from_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, int]:
+    """The struct sizes given as kpatch-style environment variables (only those set)."""
+    environ = os.environ if environ is None else environ
+    sizes = {}
+    for key, (_struct, var) in STRUCT_KEYS.items():
+        if environ.get(var):
+            try:
+                sizes[key] = int(environ[var], 0)
+            except ValueError:
+                raise SpecialSectionError("environment variable %s=%r is not an integer" % (var, environ[var]))
+    return sizes
+
+
+@dataclass
+class KeptKey:
+    """A static key / static call key referenced by a kept entry."""
+
+    section: str
+    function: str
+    offset: int
+    key: Symbol
+
+
+@dataclass
+class SpecialResult:
+    kept: Dict[str, int] = field(default_factory=dict)      # section → entries kept
+    dropped: Dict[str, int] = field(default_factory=dict)   # section → entries dropped
+    keys: List[KeptKey] = field(default_factory=list)
+
+
+def entry_size(name: str, sec: Section, struct_sizes: Mapping[str, int]) -> int:
+    kind = SPECIAL_SECTIONS[name]
+    if isinstance(kind, int):
+        size = kind
+    else:
+        if kind not in struct_sizes:
+            struct, var = STRUCT_KEYS[kind]
+            raise SpecialSectionError("section %s is present but the size of struct %s is unknown: pass "
+                                      "struct_sizes[%r] (from the kernel's DWARF) or set %s"
+                                      % (name, struct, kind, var))
+        size = int(struct_sizes[kind])
+    if size <= 0 or sec.size % size:
+        raise SpecialSectionError("section %s: size %d is not a multiple of its entry size %d"
+                                  % (name, sec.size, size))
+    return size
+
+
+def _function_of(sym: Symbol) -> Optional[Symbol]:
+    """The function a relocation target belongs to (prefix symbols count as their function)."""
+    if sym.type == STT_FUNC:
+        return sym.parent if sym.parent is not None and sym.prefix is None and \
+            sym.name.startswith(("__pfx_", "__cfi_")) else sym
+    if sym.section is not None and sym.section.sym is not None and sym.section.sym.type == STT_FUNC:
+        return sym.section.sym
+    return None
+
+
+def _group_relocations(sec: Section, size: int) -> Dict[int, List[Relocation]]:
+    groups: Dict[int, List[Relocation]] = {}
+    if sec.rela is None:
+        return groups
+    for reloc in sec.rela.relocations:
+        groups.setdefault(reloc.offset - reloc.offset % size, []).append(reloc)
+    return groups
+
+
+def _entry_function(relocs: List[Relocation]) -> Optional[Symbol]:
+    """The included function an entry describes, if any."""
+    for reloc in relocs:
+        func = _function_of(reloc.sym)
+        if func is not None and func.section is not None and func.section.include:
+            return func
+    return None
+
+
+def _printk_function(relocs: List[Relocation], included: Dict[str, Symbol]) -> Optional[Symbol]:
+    # .printk_index[i] → _entry (struct pi_entry); its second pointer is __func__.
+    for reloc in relocs:
+        entry = reloc.sym
+        sec = entry.section
+        if sec is None or sec.rela is None:
+            continue
+        func_offset = entry.value + reloc.addend + _PTR
+        for inner in sec.rela.relocations:
+            if inner.offset == func_offset and inner.sym.section is not None:
+                target = inner.sym.section.data
+                start = inner.sym.value + inner.addend
+                name = target[start:target.find(b"\0", start)].decode("latin-1")
+                return included.get(name)
+    return None
+
+
+def _rebuild(sec: Section, keep: List[int], size: int, groups: Dict[int, List[Relocation]]) -> None:
+    data = bytearray()
+    relocs: List[Relocation] = []
+    for old in keep:
+        new = len(data)
+        if sec.data:
+            data += sec.data[old:old + size]
+        for reloc in groups.get(old, []):
+            reloc.offset = reloc.offset - old + new
+            relocs.append(reloc)
+    if sec.data:
+        sec.data = bytes(data)
+    sec.size = len(keep) * size
+    if sec.rela is not None:
+        sec.rela.relocations = relocs
+
+
+def _regenerate(name: str, sec: Section, size: int, included: Dict[str, Symbol],
+                inc: Includer, result: SpecialResult) -> List[int]:
+    groups = _group_relocations(sec, size)
+    keep: List[int] = []
+    for offset in range(0, sec.size, size):
+        relocs = groups.get(offset, [])
+        if name == ".printk_index":
+            func = _printk_function(relocs, included)
+        else:
+            func = _entry_function(relocs)
+        if func is None:
+            continue
+        keep.append(offset)
+        if name in KEY_FIELDS:
+            for reloc in relocs:
+                if reloc.offset - offset == KEY_FIELDS[name]:
+                    result.keys.append(KeptKey(name, func.name, offset, reloc.sym))
+    result.kept[name] = len(keep)
+    result.dropped[name] = sec.size // size - len(keep)
+    _rebuild(sec, keep, size, groups)
+    if keep:
+        inc.include_section(sec)
+    return keep
+
+
+def _regenerate_orc(obj: ElfObject, ip_keep: List[int], struct_sizes: Mapping[str, int],
+                    result: SpecialResult, inc: Includer) -> None:
+    orc = obj.find_section(".orc_unwind")
+    if orc is None:
+        return
+    size = entry_size_of_orc(orc, struct_sizes)
+    ip = obj.find_section(".orc_unwind_ip")
+    total_ip = result.kept.get(".orc_unwind_ip", 0) + result.dropped.get(".orc_unwind_ip", 0)
+    if ip is None or orc.size // size != total_ip:
+        raise SpecialSectionError(".orc_unwind has %d entries of %d bytes but .orc_unwind_ip has %d"
+                                  % (orc.size // size, size, total_ip))
+    keep = [(off // _S32) * size for off in ip_keep]
+    _rebuild(orc, keep, size, {})
+    result.kept[".orc_unwind"] = len(keep)
+    result.dropped[".orc_unwind"] = total_ip - len(keep)
+    if keep:
+        inc.include_section(orc)
+
+
+def entry_size_of_orc(sec: Section, struct_sizes: Mapping[str, int]) -> int:
+    if "ORC" not in struct_sizes:
+        raise SpecialSectionError("section .orc_unwind is present but the size of struct orc_entry is "
+                                  "unknown: pass struct_sizes['ORC'] or set ORC_STRUCT_SIZE")
+    size = int(struct_sizes["ORC"])
+    if size <= 0 or sec.size % size:
+        raise SpecialSectionError("section .orc_unwind: size %d is not a multiple of its entry size %d"
+                                  % (sec.size, size))
+    return size
+
+
+def regenerate_special_sections(obj: ElfObject, struct_sizes: Mapping[str, int],
+                                inc: Includer) -> SpecialResult:
+    """Trim every special section of ``obj`` to the entries of included functions."""
+    result = SpecialResult()
+    included = {s.name: s for s in obj.symbols[1:]
+                if s.type == STT_FUNC and s.section is not None and s.section.include}
+    ip_keep: List[int] = []
+    for sec in obj.sections:
+        if sec.name not in SPECIAL_SECTIONS or sec.is_rela:
+            continue
+        size = entry_size(sec.name, sec, struct_sizes)
+        keep = _regenerate(sec.name, sec, size, included, inc, result)
+        if sec.name == ".orc_unwind_ip":
+            ip_keep = keep
+    if obj.find_section(".orc_unwind") is not None:
+        _regenerate_orc(obj, ip_keep, struct_sizes, result, inc)
+    inc.drain()
+    return result
+
+
+def special_section_names() -> Tuple[str, ...]:
+    return tuple(SPECIAL_SECTIONS) + (".orc_unwind",)

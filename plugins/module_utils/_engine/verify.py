@@ -1,0 +1,223 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Verification pass: refuse patches that cannot be applied safely as a livepatch.
+
+Every refusal raises :class:`PatchRejected` with a message naming the function
+or section and saying why, so the build can show it to the patch author
+unchanged.  Checks run on the compared/included model; the key check for jump
+labels and static calls runs after lookup, because only then is it known
+where a key lives.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Set
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    R_X86_64_64,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_WRITE,
+    SHT_GROUP,
+    SHT_NOBITS,
+    STT_FUNC,
+    STT_OBJECT,
+    STT_SECTION,
+    ElfObject,
+    Relocation,
+    Section,
+    Status,
+    Symbol,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    is_special_static,
+    is_static_local,
+    strip_number,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import KeptKey, special_section_names
+
+FENTRY = "__fentry__"
+# Bytes from a function's start within which the fentry call must sit (endbr64 + call).
+FENTRY_WINDOW = 16
+_IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".data.once", ".data..once", "__dyndbg", ".discard",
+                          "__ksymtab", "___ksymtab", ".kpatch.", ".note", ".comment", ".modinfo",
+                          "__param", ".init.", ".exit.", "__tracepoints_strings", "__bpf_raw_tp_map")
+
+
+class PatchRejected(Exception):
+    """The patch cannot be turned into a livepatch; the message says which part and why."""
+
+
+def check_headers(orig: ElfObject, patched: ElfObject) -> None:
+    fields = ("e_type", "e_machine", "e_flags", "ei_osabi", "ei_abiversion")
+    for name in fields:
+        a, b = getattr(orig, name), getattr(patched, name)
+        if a != b:
+            raise PatchRejected("ELF headers differ between %s and %s: %s is %#x vs %#x (were both built with "
+                                "the same compiler and flags?)" % (orig.path, patched.path, name, a, b))
+
+
+def check_init_changes(patched: ElfObject) -> None:
+    for sym in patched.symbols[1:]:
+        if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.section is None:
+            continue
+        if sym.section.name.startswith((".init.text", ".init.", ".exit.text")):
+            raise PatchRejected("function %s in %s changed: __init/__exit code runs only at boot or unload and "
+                                "cannot be live patched" % (sym.name, sym.section.name))
+
+
+def _is_checked_data(sec: Section) -> bool:
+    if not sec.flags & SHF_ALLOC or sec.flags & SHF_EXECINSTR or sec.is_rela:
+        return False
+    if sec.name in special_section_names() or sec.name.startswith(_IGNORED_DATA_PREFIXES):
+        return False
+    if sec.sym is not None and is_special_static(sec.sym):
+        return False
+    return bool(sec.flags & SHF_WRITE) or sec.sh_type == SHT_NOBITS
+
+
+def check_data_changes(patched: ElfObject) -> None:
+    """Existing variables must keep their initial value; new ones need their own section."""
+    for sym in patched.symbols[1:]:
+        if sym.type != STT_OBJECT or sym.status != Status.NEW or sym.section is None:
+            continue
+        sec = sym.section
+        if sec.twin is not None and _is_checked_data(sec) and sec.sym is not sym and not is_special_static(sym):
+            raise PatchRejected("new variable %s was added to the existing data section %s: build with "
+                                "-fdata-sections or use a shadow variable" % (sym.name, sec.name))
+    for sec in patched.sections:
+        if not _is_checked_data(sec):
+            continue
+        if sec.status == Status.CHANGED:
+            what = "variable %s" % sec.sym.name if sec.sym is not None else "its contents"
+            raise PatchRejected("data section %s changed (%s): the running kernel keeps the old data, so "
+                                "changed initial values or layouts cannot be live patched (use a shadow "
+                                "variable or a patch callback)" % (sec.name, what))
+
+
+def check_no_existing_data_copied(patched: ElfObject) -> None:
+    """Included code must not get a private copy of variables the running kernel already has.
+
+    A reference that names a whole data section (no symbol covers the offset)
+    would pull that section into the module: the patched code would then work
+    on a copy while the rest of the kernel keeps using the original.
+    """
+    for sec in patched.sections:
+        if sec.include and sec.twin is not None and _is_checked_data(sec) and sec.status == Status.SAME:
+            what = "variable %s" % sec.sym.name if sec.sym is not None else "anonymous data"
+            raise PatchRejected("included code references %s in the existing data section %s through a section "
+                                "symbol; the module would get its own copy of that data instead of using the "
+                                "kernel's" % (what, sec.name))
+
+
+def has_fentry_call(sym: Symbol) -> bool:
+    sec = sym.section
+    if sec is None or sec.rela is None:
+        return False
+    start = sym.value
+    return any(r.sym.name == FENTRY and start <= r.offset < start + FENTRY_WINDOW for r in sec.rela.relocations)
+
+
+def check_fentry(changed: Iterable[Symbol]) -> None:
+    for sym in changed:
+        sym.has_func_profiling = has_fentry_call(sym)
+        if not sym.has_func_profiling:
+            raise PatchRejected("function %s changed but has no __fentry__ call (notrace, or built without "
+                                "-pg -mfentry): ftrace cannot redirect it, so it cannot be patched" % sym.name)
+
+
+def _group_member_names(sec: Section) -> List[str]:
+    return [m.name for m in sec.group_members]
+
+
+def check_groups(patched: ElfObject) -> None:
+    for sec in patched.sections:
+        if sec.sh_type == SHT_GROUP and sec.twin is not None:
+            if _group_member_names(sec) != _group_member_names(sec.twin) or sec.group_flags != sec.twin.group_flags:
+                signature = sec.signature.name if sec.signature is not None else "?"
+                raise PatchRejected("section group %s (signature %s) changed: members %s became %s; grouped "
+                                    "(COMDAT) sections cannot be live patched"
+                                    % (sec.name, signature, _group_member_names(sec.twin), _group_member_names(sec)))
+        elif sec.grouped and sec.status == Status.CHANGED and not sec.is_debug:
+            raise PatchRejected("section %s changed but is part of a section group: grouped (COMDAT) "
+                                "sections cannot be live patched" % sec.name)
+
+
+def _static_local_bases(sec: Section) -> Set[str]:
+    if sec.rela is None:
+        return set()
+    return {strip_number(r.sym.name) for r in sec.rela.relocations
+            if is_static_local(r.sym) and not is_special_static(r.sym)}
+
+
+def check_static_local_references(patched: ElfObject) -> None:
+    """A changed function must keep referencing the static locals it used to reference."""
+    for sym in patched.symbols[1:]:
+        if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.twin is None:
+            continue
+        if sym.section is None or sym.twin.section is None or sym.section.sym is not sym:
+            continue
+        removed = _static_local_bases(sym.twin.section) - _static_local_bases(sym.section)
+        if removed:
+            raise PatchRejected("function %s no longer references static local variable(s) %s: the patched "
+                                "code could not share their state with the running kernel; keep a reference "
+                                "(see the patch author guide)" % (sym.name, ", ".join(sorted(removed))))
+
+
+def _reloc_width(rtype: int) -> int:
+    return 8 if rtype in (R_X86_64_64, R_X86_64_PC64) else 4
+
+
+def _target_window(reloc: Relocation, in_text: bool) -> tuple:
+    # A PC-relative field in code is followed by 0-4 more bytes of its instruction.
+    if in_text and reloc.type in (R_X86_64_PC32, R_X86_64_PLT32):
+        return reloc.addend + 4, reloc.addend + 8
+    return reloc.addend, reloc.addend
+
+
+def check_relocation_ranges(sections: Iterable[Section]) -> None:
+    """Every included relocation must sit inside its section and point inside its target.
+
+    Run before the output is assembled, while referenced symbols still carry their size.
+    """
+    for sec in sections:
+        if not sec.is_rela or sec.base is None or sec.base.is_debug or not sec.base.include:
+            continue
+        base = sec.base
+        for reloc in sec.relocations:
+            if reloc.offset < 0 or reloc.offset + _reloc_width(reloc.type) > base.size:
+                raise PatchRejected("relocation at %s+%#x (type %d) lies outside the section (%d bytes)"
+                                    % (base.name, reloc.offset, reloc.type, base.size))
+            target = reloc.sym
+            if target.type == STT_SECTION and target.section is not None:
+                name, size = target.section.name, target.section.size
+            elif target.type in (STT_FUNC, STT_OBJECT) and target.section is not None and target.size:
+                name, size = target.name, target.size
+            else:
+                continue
+            low, high = _target_window(reloc, base.is_text)
+            if high < 0 or low > size:
+                raise PatchRejected("relocation at %s+%#x points to %s%+#x, outside that %s (%d bytes)"
+                                    % (base.name, reloc.offset, name, reloc.addend,
+                                       "section" if target.type == STT_SECTION else "symbol", size))
+
+
+def check_keys(keys: Iterable[KeptKey], klp_objects: Dict[int, str]) -> None:
+    """Reject jump labels/static calls whose key would need a klp relocation into a module.
+
+    ``klp_objects`` maps id(symbol) → objname for every symbol resolved through a
+    livepatch relocation.  Module keys are resolved too late (after the jump label
+    and static call tables of the patch module are processed).
+    """
+    for kept in keys:
+        objname = klp_objects.get(id(kept.key))
+        if objname is not None and objname != "vmlinux":
+            kind = "jump label" if kept.section == "__jump_table" else "static call"
+            raise PatchRejected("%s in function %s uses key %s defined in module %s: keys in modules cannot "
+                                "be resolved before the patch module's %s is processed; use "
+                                "static_key_enabled() / a plain call instead"
+                                % (kind, kept.function, kept.key.name, objname, kept.section))

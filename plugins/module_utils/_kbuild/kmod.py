@@ -1,0 +1,90 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Link the diff engine's output object(s) and the ``kmod/`` hook into a live patch module.
+
+The collection's ``kmod/`` directory is a template (Kbuild, Makefile, linker
+script, hook and headers).  ``build_patch_module`` copies it with the objects
+into a fresh directory and runs kbuild against a kernel's headers
+(``make -C <headers> M=<dir>``), which gives the module the headers' vermagic.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
+    KbuildError,
+    StepLog,
+    as_steplog,
+    run_logged,
+)
+
+KMOD_FILES = ("Kbuild", "Makefile", "kpatch.lds", "livepatch-patch-hook.c", "kpatch-patch.h",
+              "kpatch-macros.h", "kpatch-syscall.h")
+# MODULE_NAME_LEN is 56 with the NUL; kpatch keeps names to 48 characters, and so do we.
+MAX_MODULE_NAME = 48
+
+
+def default_kmod_dir() -> Path:
+    """``kmod/`` at the collection root (this file is plugins/module_utils/_kbuild/kmod.py)."""
+    return Path(__file__).resolve().parents[3] / "kmod"
+
+
+def module_name(name: str) -> str:
+    """A valid module name: letters, digits, '_' and '-' (others become '-'), at most 48 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", name)[:MAX_MODULE_NAME]
+    if not cleaned or not re.search(r"[A-Za-z0-9]", cleaned):
+        raise KbuildError(f"module name {name!r} has no usable characters")
+    return cleaned
+
+
+def _check_object(path: Path) -> None:
+    if not path.is_file():
+        raise KbuildError(f"engine output object {path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(18)
+    # ELF magic and e_type == ET_REL (1): the module link needs relocatable objects.
+    if head[:4] != b"\x7fELF" or len(head) < 18 or int.from_bytes(head[16:18], "little") != 1:
+        raise KbuildError(f"{path} is not a relocatable ELF object (.o)")
+
+
+def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdir: Path,
+                       log: Union[StepLog, Path, str], replace: bool = True, jobs: int = 2,
+                       kmod_dir: Optional[Path] = None) -> Path:
+    """Build ``<name>.ko`` in ``workdir/<name>`` from ``objects``; return its path."""
+    log = as_steplog(log)
+    name = module_name(name)
+    headers, workdir = Path(headers), Path(workdir)
+    kmod_dir = Path(kmod_dir) if kmod_dir else default_kmod_dir()
+    if not (headers / "Makefile").is_file():
+        raise KbuildError(f"{headers} is not a kernel headers/build directory (no Makefile)")
+    missing = [f for f in KMOD_FILES if not (kmod_dir / f).is_file()]
+    if missing:
+        raise KbuildError(f"kmod template {kmod_dir} lacks {', '.join(missing)}")
+    if not objects:
+        raise KbuildError("no engine output objects to link into the patch module")
+    names = [Path(o).name for o in objects]
+    if len(set(names)) != len(names) or any(n in ("livepatch-patch-hook.o", f"{name}.o") for n in names):
+        raise KbuildError(f"engine output object names must be distinct and not clash with the hook: {names}")
+    build_dir = workdir / name
+    with log.step("build-patch-module", f"{name}.ko from {' '.join(names)}") as res:
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True)
+        for f in KMOD_FILES:
+            shutil.copyfile(kmod_dir / f, build_dir / f)
+        for obj in objects:
+            _check_object(Path(obj))
+            shutil.copyfile(obj, build_dir / Path(obj).name)
+        run_logged(log, ["make", "-C", str(build_dir), f"-j{max(1, int(jobs))}", f"KDIR={headers}",
+                         f"KPATCH_NAME={name}", f"KPATCH_OBJECTS={' '.join(names)}",
+                         f"KLP_REPLACE={1 if replace else 0}"], what=f"building {name}.ko")
+        ko = build_dir / f"{name}.ko"
+        if not ko.is_file():
+            raise KbuildError(f"kbuild finished but {ko} was not produced")
+        res.detail = f"{ko} ({ko.stat().st_size} bytes, replace={replace})"
+    return ko

@@ -1,0 +1,115 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""The build log, the command runner and the error type shared by the ``_kbuild`` helpers.
+
+A build writes two files: the step log (one line per step with its wall time and
+outcome, readable at a glance) and, next to it with ``.out`` appended, the full
+output of every command run.  A failing command raises ``KbuildError`` whose
+message names the step, the command and the tail of its output, so an Ansible
+module can pass it to ``fail_json`` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Mapping, Optional, Sequence, Union
+
+# How much of a failing command's output goes into the exception message.
+ERROR_TAIL_LINES = 25
+
+
+class KbuildError(Exception):
+    """A kernel build step failed; the message says which step, why, and where the log is."""
+
+
+@dataclass
+class StepLog:
+    """Append-only log of build steps; ``path.out`` receives command output."""
+
+    path: Path
+    lines: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def output_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".out")
+
+    def write(self, step: str, status: str, seconds: float, detail: str = "") -> None:
+        """Record one step: time of day, step name, status, duration, detail."""
+        line = f"{time.strftime('%H:%M:%S')} {step:<24} {status:<6} {seconds:8.2f}s {detail}".rstrip()
+        self.lines.append(line)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def note(self, step: str, detail: str) -> None:
+        """A step that took no measurable time (a decision, a cache hit)."""
+        self.write(step, "info", 0.0, detail)
+
+    @contextmanager
+    def step(self, name: str, detail: str = "") -> Iterator["StepResult"]:
+        """Time a block; log ``ok`` or ``FAILED`` (with the exception text) when it ends."""
+        result = StepResult(detail)
+        start = time.monotonic()
+        try:
+            yield result
+        except BaseException as exc:
+            self.write(name, "FAILED", time.monotonic() - start, _first_line(str(exc)) or type(exc).__name__)
+            raise
+        self.write(name, "ok", time.monotonic() - start, result.detail)
+
+    def append_output(self, header: str, text: str) -> None:
+        with open(self.output_path, "a", encoding="utf-8", errors="replace") as fh:
+            fh.write(f"===== {time.strftime('%H:%M:%S')} {header}\n{text}")
+            if text and not text.endswith("\n"):
+                fh.write("\n")
+
+
+@dataclass
+class StepResult:
+    """Lets the body of ``StepLog.step`` set the detail written when the step succeeds."""
+
+    detail: str = ""
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def as_steplog(log: Union[StepLog, Path, str]) -> StepLog:
+    """Accept a StepLog or a path to create one at."""
+    return log if isinstance(log, StepLog) else StepLog(Path(log))
+
+
+def run_logged(log: StepLog, argv: Sequence[str], cwd: Optional[Path] = None,
+               env: Optional[Mapping[str, str]] = None, what: str = "",
+               stdin_path: Optional[Path] = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, copy its output into the log's ``.out`` file, raise KbuildError on failure."""
+    full_env = dict(os.environ)
+    # A deterministic, untranslated output keeps the parsing of make/patch messages reliable.
+    full_env.update({"LC_ALL": "C", "LANG": "C"})
+    if env:
+        full_env.update(env)
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.run(list(argv), cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace", check=False)
+    except FileNotFoundError as exc:
+        raise KbuildError(f"{what or argv[0]}: command not found: {argv[0]} ({exc})") from exc
+    finally:
+        if stdin_path:
+            stdin.close()
+    log.append_output(f"$ {' '.join(argv)} (cwd={cwd}) -> rc={proc.returncode}", proc.stdout)
+    if check and proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-ERROR_TAIL_LINES:])
+        raise KbuildError(f"{what or argv[0]} failed (exit {proc.returncode}): {' '.join(argv)}\n"
+                          f"{tail}\nfull output: {log.output_path}")
+    return proc

@@ -1,0 +1,91 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Boot-time loader: load the patch modules installed for the running kernel.
+
+The ``target`` role copies this package (standard library only) to the host and a systemd
+oneshot unit runs ``python3 -m kpatch_target.boot``.  It loads every
+``<install_dir>/<running release>/*.ko`` with the same checks and transition handling as the
+``kpatch`` module, does nothing when the kernel command line has ``kpatch.enable=0``, and prints
+one line per installed module (stdout goes to the journal) including those of other releases,
+which it skips.  Exit status 1 when any module for the running kernel failed to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .facts import gather_host_state
+from .loader import (DEFAULT_INSTALL_DIR, HostLock, LoaderError, load_module, reference_vermagic,
+                     validate_module)
+from .modinfo import ModinfoError, read_modinfo
+from .state import HostState
+
+DISABLE_PARAM = "kpatch.enable"
+
+
+def disabled_on_cmdline(cmdline: str) -> bool:
+    """True when the last ``kpatch.enable=`` on the command line is 0/n/no/off/false."""
+    value = None
+    for word in cmdline.split():
+        key, sep, val = word.partition("=")
+        if key == DISABLE_PARAM and sep:
+            value = val.strip().lower()
+    return value in ("0", "n", "no", "off", "false")
+
+
+def _load_one(host: HostState, name: str, path: str, timeout: float,
+              reference: Optional[str]) -> str:
+    if name in host.patches and host.patches[name].enabled:
+        return f"{name}: already loaded"
+    try:
+        info = read_modinfo(path)
+        validate_module(info, host.release, reference=reference)
+        result = load_module(path, info.name, timeout)
+    except (ModinfoError, LoaderError) as exc:
+        return f"{name}: FAILED: {exc}"
+    replaced = f" (replaced {', '.join(result.replaced)})" if result.replaced else ""
+    return f"{name}: loaded from {path}{replaced}"
+
+
+def boot_load(install_dir: str, timeout: float, cmdline: str) -> List[str]:
+    """One log line per installed module; loads those of the running kernel."""
+    if disabled_on_cmdline(cmdline):
+        return [f"{DISABLE_PARAM}=0 on the kernel command line: not loading any patch module"]
+    host = gather_host_state(install_dir)
+    lines: List[str] = []
+    for release, mods in sorted(host.installed.items()):
+        if release != host.release:
+            lines += [f"{name}: skipped, installed for {release}, running {host.release}"
+                      for name in sorted(mods)]
+    mine = host.installed.get(host.release, {})
+    if not mine:
+        return lines + [f"no patch module installed for {host.release}"]
+    if not host.livepatch_supported:
+        return lines + [f"{name}: FAILED: kernel has no livepatch support" for name in mine]
+    reference = reference_vermagic(host.release)
+    for name, path in sorted(mine.items()):
+        lines.append(_load_one(host, name, path, timeout, reference))
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m kpatch_target.boot", description=__doc__)
+    parser.add_argument("--install-dir", default=DEFAULT_INSTALL_DIR)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for each patch's transition")
+    parser.add_argument("--cmdline", default="/proc/cmdline", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    with open(args.cmdline, "r", encoding="utf-8") as handle:
+        cmdline = handle.read()
+    with HostLock(timeout=args.timeout * 4):
+        lines = boot_load(args.install_dir, args.timeout, cmdline)
+    for line in lines:
+        print(f"kpatch: {line}", flush=True)
+    return 1 if any(": FAILED:" in line for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Ansible module kpatch: declare one livepatch module's state on a host (load/unload/install)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kpatch
+short_description: Load, unload, install and uninstall a kernel livepatch module
+description:
+  - Declares the state of one livepatch module (a C(.ko) built by C(kpatch-build) or this
+    collection's builder) on a Linux host and reaches it idempotently, like the C(kpatch)
+    utility's C(load), C(unload), C(install) and C(uninstall) commands.
+  - Before any C(insmod) the module's vermagic must match the running kernel (for
+    O(state=installed), the release it is installed for), it must be a livepatch module
+    (C(livepatch=Y) in C(.modinfo)), and an optional expected O(sha256) must match.  A mismatch
+    fails the task with nothing changed.
+  - After C(insmod) the module waits for the patch transition.  Halfway through O(timeout) it
+    signals the tasks that hold the transition up (through the kernel's C(signal) attribute
+    where it exists, otherwise C(SIGSTOP)+C(SIGCONT) to stalled user processes; kernels since
+    5.1 also signal on their own every 15 seconds).  If the transition still does not finish,
+    it is reversed, the module removed, and the task fails listing the stalled tasks.
+  - Loading an atomic-replace patch retires the patches loaded before it; their modules are
+    removed and the result lists them in RV(replaced).  Non-replace patches stack.
+  - Concurrent runs on one host serialise on a lock file in C(/run/lock).
+  - When O(src) is on the controller, the action plugin sends it to the host first, like
+    M(ansible.builtin.copy) comparing checksums: an accepted file is kept in
+    C(<install_dir>/.staging/<sha256>.ko), and a host that already has it is not sent it again.
+    A refused file is not kept.
+  - The host needs only Python's standard library and C(insmod)/C(rmmod) (kmod).
+version_added: 0.1.0
+author:
+  - kpatch.livepatch contributors
+options:
+  name:
+    description:
+      - Name of the patch module as the kernel knows it (C(-) and C(_) are equivalent).
+      - Required when O(src) is not given.  With O(src), it must match the module's name.
+    type: str
+  src:
+    description:
+      - Path of the C(.ko) file, on the controller (default) or on the host (O(remote_src=true)).
+      - Needed to load or install a module that is not installed yet.
+    type: path
+  remote_src:
+    description:
+      - O(src) is a path on the managed host rather than on the controller.
+    type: bool
+    default: false
+  sha256:
+    description:
+      - Expected SHA-256 of the module file (hex).  A different file is refused before loading.
+    type: str
+  state:
+    description:
+      - V(loaded) - inserted, enabled and its transition complete.
+      - V(unloaded) - disabled, its transition complete, and removed.  An installed file stays.
+      - V(installed) - copied to C(<install_dir>/<release>/<name>.ko), where the C(target) role's
+        boot service loads it at every boot; also loaded now when O(load=true) and O(release)
+        is the running kernel.
+      - V(absent) - unloaded and uninstalled.
+    type: str
+    choices: [loaded, unloaded, installed, absent]
+    default: loaded
+  load:
+    description:
+      - With O(state=installed), also load the module now (only when O(release) is the running
+        kernel).
+    type: bool
+    default: true
+  release:
+    description:
+      - Kernel release the module is installed for (O(state=installed) or O(state=absent)).
+      - Defaults to the running kernel.  O(state=loaded) always acts on the running kernel.
+    type: str
+  timeout:
+    description:
+      - Seconds to wait for a patch transition (and for its reversal) to finish.
+    type: int
+    default: 60
+  force:
+    description:
+      - B(Dangerous.) When a transition does not finish within O(timeout), force it instead of
+        reversing it.  Forcing marks every task as switched even though some may still run the
+        old code, which can crash the kernel or corrupt data unless the patch's author confirmed
+        it is safe; the module can then never be removed, and the kernel is tainted.
+    type: bool
+    default: false
+  install_dir:
+    description:
+      - Directory holding installed modules, one subdirectory per kernel release.
+    type: path
+    default: /var/lib/kpatch
+notes:
+  - Check mode reports the steps it would take (RV(actions)) and changes nothing.
+  - Diff mode shows the sets of loaded patches and installed modules before and after.
+  - Requires root on the host.
+seealso:
+  - module: kpatch.livepatch.kpatch_info
+  - name: Livepatch documentation
+    description: The kernel's livepatch consistency model and sysfs interface.
+    link: https://docs.kernel.org/livepatch/livepatch.html
+"""
+
+EXAMPLES = r"""
+- name: Load a patch module built on the controller
+  kpatch.livepatch.kpatch:
+    src: build/livepatch-cve-2024-1234.ko
+    sha256: "{{ lookup('file', 'build/livepatch-cve-2024-1234.ko.sha256') }}"
+    state: loaded
+
+- name: Install it so that it is loaded again after every reboot
+  kpatch.livepatch.kpatch:
+    src: build/livepatch-cve-2024-1234.ko
+    state: installed
+
+- name: Install for a kernel that will run after the next reboot, without loading
+  kpatch.livepatch.kpatch:
+    src: /srv/patches/6.1.0-50/livepatch_fix.ko
+    remote_src: true
+    release: 6.1.0-50-cloud-amd64
+    state: installed
+
+- name: Take the patch out of the running kernel
+  kpatch.livepatch.kpatch:
+    name: livepatch_cve_2024_1234
+    state: unloaded
+
+- name: Remove it everywhere
+  kpatch.livepatch.kpatch:
+    name: livepatch_cve_2024_1234
+    state: absent
+"""
+
+RETURN = r"""
+name:
+  description: The patch module's name as the kernel knows it.
+  returned: always
+  type: str
+  sample: livepatch_sample
+release:
+  description: The kernel release acted on.
+  returned: always
+  type: str
+  sample: 6.1.0-50-cloud-amd64
+actions:
+  description: The steps taken (in check mode, the steps that would be taken).
+  returned: always
+  type: list
+  elements: str
+  sample: ["load livepatch_sample from /var/lib/kpatch/.staging/ab12.ko"]
+replaced:
+  description: Patches an atomic-replace load retired (and whose modules were removed).
+  returned: always
+  type: list
+  elements: str
+  sample: [livepatch_old]
+loaded:
+  description: Enabled patches after the task.
+  returned: always
+  type: list
+  elements: str
+installed:
+  description: Installed modules after the task, per kernel release.
+  returned: always
+  type: dict
+  sample: {"6.1.0-50-cloud-amd64": ["livepatch_sample"]}
+stalled_tasks:
+  description:
+    - Tasks that held up a transition that timed out, with pid, tid, comm, patch_state,
+      kthread and kernel stack.
+  returned: on a stalled transition
+  type: list
+  elements: dict
+reverted:
+  description: A stalled transition was reversed, leaving the kernel as it was.
+  returned: always
+  type: bool
+forced:
+  description: A stalled transition was forced (O(force=true)).
+  returned: always
+  type: bool
+staged:
+  description: Where the host keeps the controller's O(src) (after a successful run).
+  returned: when O(src) is on the controller
+  type: str
+  sample: /var/lib/kpatch/.staging/0a1b2c.ko
+transferred:
+  description: The file was sent to the host (false when the host already had the same bytes).
+  returned: when O(src) is on the controller
+  type: bool
+transition_seconds:
+  description: Seconds spent waiting for transitions.
+  returned: always
+  type: float
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.facts import (
+    gather_host_state, running_release)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
+    HostLock, LoaderError, installed_path, install_file, load_module, reference_vermagic,
+    remove_file, rmmod, unload_module, validate_module, wait_for_transition)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
+    ModinfoError, normalize_module_name, read_modinfo, sha256_of)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state import (
+    Desired, PlanError, Source, plan, predict, snapshot)
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str"),
+    src=dict(type="path"),
+    remote_src=dict(type="bool", default=False),
+    sha256=dict(type="str"),
+    state=dict(type="str", default="loaded", choices=["loaded", "unloaded", "installed", "absent"]),
+    load=dict(type="bool", default=True),
+    release=dict(type="str"),
+    timeout=dict(type="int", default=60),
+    force=dict(type="bool", default=False),
+    install_dir=dict(type="path", default="/var/lib/kpatch"),
+)
+
+
+class TaskFailure(Exception):
+    """Ends the task as failed; ``extra`` goes into the result."""
+
+    def __init__(self, msg, **extra):
+        super().__init__(msg)
+        self.extra = extra
+
+
+def _source(params, release, running):
+    """Read and check the module file; None when the task names a module only."""
+    src = params["src"]
+    if not src:
+        return None, None
+    if not os.path.isfile(src):
+        raise TaskFailure("src %s does not exist on the host" % src)
+    try:
+        info = read_modinfo(src)
+    except ModinfoError as exc:
+        raise TaskFailure(str(exc))
+    if params["name"] and normalize_module_name(params["name"]) != info.name:
+        raise TaskFailure("src %s holds module %s, not %s" % (src, info.name, params["name"]))
+    if params["state"] in ("loaded", "installed"):
+        target = running if params["state"] == "loaded" else release
+        try:
+            validate_module(info, target, params["sha256"], reference_vermagic(target))
+        except LoaderError as exc:
+            raise TaskFailure(str(exc))
+    return info, Source(path=src, name=info.name, sha256=sha256_of(src),
+                        srcversion=info.srcversion)
+
+
+def _check_installed_file(host, name, params, release):
+    """Loading by name uses the installed file: hold it to the same checks as a src."""
+    path = host.installed.get(release, {}).get(name)
+    if path is None or params["state"] not in ("loaded", "installed"):
+        return
+    try:
+        validate_module(read_modinfo(path), release, params["sha256"], reference_vermagic(release))
+    except (ModinfoError, LoaderError) as exc:
+        raise TaskFailure(str(exc))
+
+
+def _execute(steps, params, outcome):
+    """Run the steps in order, recording what was done in ``outcome``."""
+    for step in steps:
+        if step.action == "install":
+            install_file(step.path, step.dest)
+        elif step.action == "uninstall":
+            remove_file(step.path)
+        elif step.action == "rmmod":
+            rmmod(step.name)
+        elif step.action == "unload":
+            result = unload_module(step.name, params["timeout"], params["force"])
+            if result is not None:
+                outcome["transition_seconds"] += result.waited
+        elif step.action == "load":
+            result = load_module(step.path, step.name, params["timeout"], params["force"])
+            outcome["replaced"].extend(result.replaced)
+            outcome["forced"] = outcome["forced"] or result.forced
+            outcome["transition_seconds"] += result.transition.waited
+        outcome["actions"].append(step.describe())
+        outcome["changed"] = True
+
+
+def _settle_running_enable(host, name, params, outcome):
+    """state=loaded on a patch still enabling (e.g. by the boot service): wait for it."""
+    patch = host.patches.get(name)
+    if patch is not None and patch.enabled and patch.transition:
+        waited = wait_for_transition(name, params["timeout"])
+        outcome["transition_seconds"] += waited.waited
+        if not waited.complete:
+            raise TaskFailure("%s is loaded but its transition did not finish within %ss"
+                              % (name, params["timeout"]),
+                              stalled_tasks=[t.as_dict() for t in waited.stalled])
+
+
+def run(module):
+    params = module.params
+    running = running_release()
+    release = params["release"] or running
+    if params["state"] == "loaded" and release != running:
+        raise TaskFailure("state=loaded acts on the running kernel %s; release=%s needs "
+                          "state=installed" % (running, release))
+    if not params["src"] and not params["name"]:
+        raise TaskFailure("one of name or src is required")
+    info, source = _source(params, release, running)
+    name = info.name if info else normalize_module_name(params["name"])
+    outcome = dict(changed=False, name=name, release=release, actions=[], replaced=[],
+                   reverted=False, forced=False, transition_seconds=0.0)
+    lock_wait = params["timeout"] * 4 + 30
+    with HostLock(timeout=lock_wait) if not module.check_mode else _NoLock():
+        host = gather_host_state(params["install_dir"])
+        if source is None:
+            _check_installed_file(host, name, params, release)
+        desired = Desired(state=params["state"], name=name, release=release, source=source,
+                          load=params["load"])
+        try:
+            steps = plan(host, desired, installed_path(name, release, params["install_dir"]))
+        except (PlanError, LoaderError) as exc:
+            raise TaskFailure(str(exc))
+        before = snapshot(host)
+        if module.check_mode:
+            outcome.update(changed=bool(steps), actions=[s.describe() for s in steps])
+            after = predict(host, steps)
+        else:
+            try:
+                _execute(steps, params, outcome)
+                if params["state"] == "loaded" or (params["state"] == "installed"
+                                                  and params["load"] and release == running):
+                    _settle_running_enable(host, name, params, outcome)
+            except LoaderError as exc:
+                raise TaskFailure(str(exc), changed=outcome["changed"], actions=outcome["actions"],
+                                  stalled_tasks=[t.as_dict() for t in exc.stalled],
+                                  reverted=exc.reverted)
+            after = snapshot(gather_host_state(params["install_dir"]))
+    outcome.update(loaded=after["loaded"], installed=after["installed"])
+    if module._diff:
+        outcome["diff"] = dict(before=before, after=after)
+    return outcome
+
+
+class _NoLock(object):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = run(module)
+    except TaskFailure as exc:
+        extra = dict(changed=False)
+        extra.update(exc.extra)
+        module.fail_json(msg=str(exc), **extra)
+    if result["forced"]:
+        module.warn("a stalled transition was forced; the patch module can no longer be removed")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Original/patched object pairs built from the real Debian kernel tree, for engine tests and the bench.
+
+The tree is prepared once per release by ``_kbuild.tree.prepare_tree`` (cached); each pair is
+built with kbuild's single-object targets and ``-ffunction-sections -fdata-sections`` before and
+inside ``patched_tree`` (which restores the pristine tree on every exit path).  Pairs are cached
+per patch text so a test session compiles each object at most twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import (
+    build_objects,
+    patched_tree,
+    prepare_tree,
+)
+from tests.testbed.kernels import KernelArtifacts, cache_root, fetch_kernel
+
+ENGINE_CFLAGS = "-ffunction-sections -fdata-sections"
+# S1: kpatch's own sample change; S2/S3: one-line changes in other hot files.
+SUBSTITUTIONS: Dict[str, Tuple[str, str, str]] = {
+    "meminfo": ("fs/proc/meminfo.c", '"VmallocChunk:   "', '"VMALLOCCHUNK:   "'),
+    "dev_valid_name": ("net/core/dev.c", "if (*name == '/' || *name == ':' || isspace(*name))",
+                       "if (*name == '/' || *name == ':' || *name == '@' || isspace(*name))"),
+    "dev_remove_pack": ("net/core/dev.c", 'pr_warn("dev_remove_pack: %p not found\\n", pt);',
+                        'pr_warn("dev_remove_pack: packet type %p not found\\n", pt);'),
+    "sched_core": ("kernel/sched/core.c", 'pr_info("task:%-15.15s state:%c", p->comm',
+                   'pr_info("task:%-15.15s state=%c", p->comm'),
+    "ext4_inode": ("fs/ext4/inode.c", '"iget: bogus i_mode (%o)"', '"iget: bogus inode mode (%o)"'),
+}
+
+
+@dataclass
+class ObjectPair:
+    name: str
+    relobj: str
+    orig: Path
+    patched: Path
+
+
+def work_root() -> Path:
+    return cache_root() / "kbuild-trees"
+
+
+def make_patch(tree_root: Path, relsrc: str, old: str, new: str, dest: Path) -> Path:
+    """A -p1 unified diff replacing exactly one occurrence of ``old`` by ``new``."""
+    import difflib
+    text = (tree_root / relsrc).read_text()
+    if text.count(old) != 1:
+        raise AssertionError(f"{relsrc}: expected exactly one {old!r}, found {text.count(old)}")
+    patched = text.replace(old, new)
+    diff = difflib.unified_diff(text.splitlines(True), patched.splitlines(True), f"a/{relsrc}", f"b/{relsrc}")
+    dest.write_text("".join(diff))
+    return dest
+
+
+def build_pair(name: str, artifacts: KernelArtifacts = None) -> ObjectPair:
+    artifacts = artifacts or fetch_kernel()
+    relsrc, old, new = SUBSTITUTIONS[name]
+    relobj = relsrc[:-2] + ".o"
+    tree = prepare_tree(artifacts.source_tree(), artifacts.config, artifacts.release, work_root(),
+                        work_root() / "engine-build.log")
+    key = hashlib.sha256(f"{artifacts.release}|{relsrc}|{old}|{new}|{ENGINE_CFLAGS}".encode()).hexdigest()[:16]
+    out = work_root() / "engine-pairs" / f"{name}-{key}"
+    orig, patched = out / "orig" / relobj, out / "patched" / relobj
+    if orig.is_file() and patched.is_file():
+        return ObjectPair(name, relobj, orig, patched)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    patch = make_patch(tree.root, relsrc, old, new, tmp / f"{name}.patch")
+    build_objects(tree, [relobj], ENGINE_CFLAGS, tmp / "orig")
+    with patched_tree(tree, [patch]):
+        build_objects(tree, [relobj], ENGINE_CFLAGS, tmp / "patched")
+    build_objects(tree, [relobj], ENGINE_CFLAGS, tmp / "rebuilt")  # leave the tree's object pristine too
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return ObjectPair(name, relobj, orig, patched)

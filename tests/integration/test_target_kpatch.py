@@ -1,0 +1,285 @@
+"""Acceptance of the target side in a full Debian VM over SSH, driven by ansible-playbook.
+
+The kpatch and kpatch_info modules and the target role run against the session VM exactly as
+on a fleet host: load → effect visible → idempotent → unload; check and diff mode; refusals
+(other release, tampered file); atomic replace; a transition stalled on purpose (reverted, task
+reported, host as before); install → reboot → loaded at boot; kpatch.enable=0 → not loaded.
+The modules are built at test time from the kernel's samples/livepatch and tests/integration/kmods.
+The VM is left as found: every module unloaded, /var/lib/kpatch removed, normal cmdline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import jmespath
+import pytest
+
+from tests.integration.kmods.build import REPLACE_TEXT, SAMPLE_TEXT, cached_test_modules
+from tests.testbed.sshvm import DebianVM
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+CALLBACKS = Path(__file__).resolve().parent / "callbacks"
+OUR_MODULES = ("livepatch_sample", "livepatch_replace", "livepatch_stall", "kpatch_stall_target")
+
+
+class Ansible:
+    """Runs one-play playbooks against the VM and returns each task's result for the host."""
+
+    def __init__(self, vm: DebianVM, workdir: Path) -> None:
+        self.vm = vm
+        self.workdir = workdir
+        self.runs = 0
+
+    def play(self, play: Dict[str, object], extra_args: Optional[List[str]] = None) -> List[dict]:
+        self.runs += 1
+        inventory = self.vm.inventory(self.workdir / "inventory.ini")
+        book = self.workdir / f"play{self.runs}.yml"
+        book.write_text(json.dumps([dict({"hosts": "all", "gather_facts": False}, **play)]))
+        results = self.workdir / f"play{self.runs}.jsonl"
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="task_results",
+                   KPATCH_TASK_RESULTS=str(results))
+        proc = subprocess.run([str(PLAYBOOK), "-i", str(inventory), str(book), *(extra_args or [])],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        rows = [json.loads(line) for line in results.read_text().splitlines()] \
+            if results.exists() else []
+        # Ansible drops "failed" from the result it hands to callbacks; the status keeps it.
+        rows = [dict(r["result"], failed=r["status"] == "failed") for r in rows
+                if r["host"] == self.vm.name]
+        if not rows:
+            raise AssertionError(f"ansible-playbook ran no task (rc {proc.returncode}):\n"
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return rows
+
+    def kpatch(self, check: bool = False, diff: bool = False, **args) -> dict:
+        task = {"kpatch.livepatch.kpatch": {k: (str(v) if isinstance(v, Path) else v)
+                                            for k, v in args.items()},
+                "check_mode": check, "diff": diff, "ignore_errors": True}
+        return self.play({"tasks": [task]})[-1]
+
+    def info(self) -> dict:
+        return self.play({"tasks": [{"kpatch.livepatch.kpatch_info": {}}]})[-1]
+
+
+def sh(vm: DebianVM, cmd: str) -> str:
+    return vm.ssh(cmd, check=True).stdout.strip()
+
+
+def lsmod_ours(vm: DebianVM) -> List[str]:
+    names = sh(vm, "cut -d' ' -f1 /proc/modules").split()
+    return sorted(n for n in names if n in OUR_MODULES)
+
+
+def livepatches(vm: DebianVM) -> List[str]:
+    return sh(vm, "ls /sys/kernel/livepatch").split()
+
+
+def host_snapshot(vm: DebianVM) -> Dict[str, object]:
+    """What 'nothing changed' compares: modules, patches, /proc/cmdline, installed files."""
+    return {"modules": lsmod_ours(vm), "patches": livepatches(vm),
+            "cmdline": sh(vm, "cat /proc/cmdline"),
+            "installed": sh(vm, "find /var/lib/kpatch -path '*/.staging' -prune -o -type f -print "
+                                "2>/dev/null | sort")}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def clean_vm(vm: DebianVM) -> None:
+    """Unload every module of ours (patches first) and drop installed files."""
+    for name in ("livepatch_stall", "livepatch_replace", "livepatch_sample"):
+        vm.ssh(f"test -d /sys/kernel/livepatch/{name} && echo 0 > /sys/kernel/livepatch/{name}/enabled;"
+               f" for i in $(seq 50); do test -d /sys/kernel/livepatch/{name} || break; sleep 0.2; done;"
+               f" rmmod {name} 2>/dev/null; true")
+    vm.ssh("echo 0 > /sys/module/kpatch_stall_target/parameters/hold 2>/dev/null;"
+           " rmmod kpatch_stall_target 2>/dev/null; rm -rf /var/lib/kpatch; true")
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return cached_test_modules()
+
+
+@pytest.fixture(scope="module")
+def vm(debian_vm: DebianVM):
+    clean_vm(debian_vm)
+    original_append = debian_vm.append
+    yield debian_vm
+    if debian_vm.append != original_append:
+        debian_vm.restart(append=original_append)
+    clean_vm(debian_vm)
+    debian_vm.ssh("systemctl disable --now kpatch-livepatch.service 2>/dev/null;"
+                  " rm -f /etc/systemd/system/kpatch-livepatch.service; systemctl daemon-reload;"
+                  " rm -rf /usr/lib/kpatch-livepatch; true")
+
+
+@pytest.fixture(scope="module")
+def ansible(vm: DebianVM, tmp_path_factory) -> Ansible:
+    return Ansible(vm, tmp_path_factory.mktemp("ansible-target"))
+
+
+def test_role_installs_runtime_idempotently(ansible: Ansible, vm: DebianVM):
+    play = {"roles": [{"role": "kpatch.livepatch.target"}]}
+    first = ansible.play(play)
+    assert not any(r.get("failed") for r in first), first
+    assert any(r.get("changed") for r in first)
+    assert sh(vm, "systemctl is-enabled kpatch-livepatch.service") == "enabled"
+    assert sh(vm, "ls /usr/lib/kpatch-livepatch/kpatch_target") .split().count("boot.py") == 1
+    second = ansible.play(play)
+    assert not any(r.get("changed") for r in second), [r for r in second if r.get("changed")]
+
+
+def test_check_mode_changes_nothing(ansible: Ansible, vm: DebianVM, mods):
+    _art, built = mods
+    before = host_snapshot(vm)
+    res = ansible.kpatch(src=built.sample, state="installed", check=True, diff=True)
+    assert not res.get("failed"), res
+    assert res["changed"] is True
+    assert [a.split()[0] for a in res["actions"]] == ["install", "load"]
+    assert res["diff"]["before"]["loaded"] == [] and res["diff"]["after"]["loaded"] == ["livepatch_sample"]
+    assert host_snapshot(vm) == before
+    assert vm.ssh("ls /var/lib/kpatch/.staging/*.ko").returncode != 0, "check mode staged a file"
+
+
+def test_load_effect_idempotent_unload(ansible: Ansible, vm: DebianVM, mods):
+    _art, built = mods
+    original = sh(vm, "cat /proc/cmdline")
+    res = ansible.kpatch(src=built.sample, sha256=sha256(built.sample), state="loaded", diff=True)
+    assert not res.get("failed"), res
+    assert res["changed"] is True and res["transferred"] is True
+    assert res["loaded"] == ["livepatch_sample"]
+    assert res["diff"]["after"]["loaded"] == ["livepatch_sample"]
+    assert sh(vm, "cat /proc/cmdline") == SAMPLE_TEXT
+
+    info = ansible.info()
+    q = jmespath.search("patches[?name=='livepatch_sample'] | [0]", info)
+    assert q["enabled"] is True and q["transition"] is False and q["module_loaded"] is True
+    assert jmespath.search("objects[0].functions[].name", q) == ["cmdline_proc_show"]
+    assert "livepatch" in info["taint"]["names"]
+    assert info["stalled_tasks"] == []
+
+    again = ansible.kpatch(src=built.sample, state="loaded")
+    assert again["changed"] is False and again["transferred"] is False, again
+
+    res = ansible.kpatch(name="livepatch-sample", state="unloaded")
+    assert res["changed"] is True and res["loaded"] == [], res
+    assert sh(vm, "cat /proc/cmdline") == original
+    assert lsmod_ours(vm) == []
+    assert ansible.kpatch(name="livepatch_sample", state="unloaded")["changed"] is False
+
+
+def test_other_release_module_is_refused(ansible: Ansible, vm: DebianVM, mods):
+    art, built = mods
+    before = host_snapshot(vm)
+    for state in ("loaded", "installed"):
+        res = ansible.kpatch(src=built.other_release, state=state)
+        assert res.get("failed") and res["changed"] is False, res
+        assert built.other_release_name in res["msg"] and art.release in res["msg"]
+    assert host_snapshot(vm) == before
+
+
+def test_tampered_module_is_refused(ansible: Ansible, vm: DebianVM, mods):
+    _art, built = mods
+    before = host_snapshot(vm)
+    res = ansible.kpatch(src=built.tampered, sha256=sha256(built.sample), state="loaded")
+    assert res.get("failed") and res["changed"] is False, res
+    assert "sha256" in res["msg"] and sha256(built.sample) in res["msg"]
+    assert host_snapshot(vm) == before
+
+
+def test_atomic_replace_retires_earlier_patches(ansible: Ansible, vm: DebianVM, mods):
+    _art, built = mods
+    assert ansible.kpatch(src=built.sample, state="loaded")["changed"] is True
+    res = ansible.kpatch(src=built.replace, state="loaded")
+    assert not res.get("failed"), res
+    assert res["replaced"] == ["livepatch_sample"]
+    assert res["loaded"] == ["livepatch_replace"]
+    assert lsmod_ours(vm) == ["livepatch_replace"]
+    assert sh(vm, "cat /proc/cmdline") == REPLACE_TEXT
+    assert ansible.kpatch(name="livepatch_replace", state="unloaded")["changed"] is True
+    assert lsmod_ours(vm) == []
+
+
+def test_stalled_transition_is_reverted_and_reported(ansible: Ansible, vm: DebianVM, mods):
+    _art, built = mods
+    vm.scp_to(built.stall_target, "/root/kpatch_stall_target.ko")
+    sh(vm, "insmod /root/kpatch_stall_target.ko")
+    try:
+        assert sh(vm, "cat /proc/kpatch_stall_target") == "original"
+        before = host_snapshot(vm)
+        res = ansible.kpatch(src=built.stall_patch, state="loaded", timeout=20)
+        assert res.get("failed") and res["reverted"] is True, res
+        stalled = [t for t in res["stalled_tasks"] if t["comm"] == "kpatch_stall"]
+        assert stalled and stalled[0]["kthread"] is True
+        assert any("kpatch_stall_wait" in line for line in stalled[0]["stack"])
+        assert "kpatch_stall" in res["msg"] and "reversed" in res["msg"]
+        after = host_snapshot(vm)
+        assert after == before
+        assert sh(vm, "cat /proc/kpatch_stall_target") == "original"
+
+        # Let the thread out of the function: the same patch now goes through.
+        sh(vm, "echo 0 > /sys/module/kpatch_stall_target/parameters/hold")
+        res = ansible.kpatch(src=built.stall_patch, state="loaded", timeout=20)
+        assert not res.get("failed") and res["changed"] is True, res
+        assert sh(vm, "cat /proc/kpatch_stall_target") == "patched"
+        assert ansible.kpatch(name="livepatch_stall", state="unloaded")["changed"] is True
+    finally:
+        clean_vm(vm)
+
+
+def test_install_then_reboot_loads_at_boot(ansible: Ansible, vm: DebianVM, mods):
+    art, built = mods
+    res = ansible.kpatch(src=built.sample, state="installed", diff=True)
+    assert not res.get("failed") and res["changed"] is True, res
+    assert res["installed"] == {art.release: ["livepatch_sample"]}
+    assert res["loaded"] == ["livepatch_sample"]
+    # A module installed for another release is accepted for that release, and not loaded.
+    other = ansible.kpatch(src=built.other_release, state="installed",
+                           release=built.other_release_name)
+    assert not other.get("failed") and other["changed"] is True, other
+    assert other["loaded"] == ["livepatch_sample"]
+    assert ansible.kpatch(src=built.sample, state="installed")["changed"] is False
+
+    vm.reboot()
+    assert livepatches(vm) == ["livepatch_sample"]
+    assert sh(vm, "cat /sys/kernel/livepatch/livepatch_sample/transition") == "0"
+    assert sh(vm, "cat /proc/cmdline") == SAMPLE_TEXT
+    journal = sh(vm, "journalctl -b -u kpatch-livepatch.service -o cat")
+    assert f"kpatch: livepatch_sample: loaded from /var/lib/kpatch/{art.release}/livepatch_sample.ko" in journal
+    assert f"kpatch: livepatch_sample: skipped, installed for {built.other_release_name}" in journal
+    assert ansible.kpatch(name="livepatch_sample", state="installed")["changed"] is False
+
+
+def test_kpatch_enable_0_loads_nothing(ansible: Ansible, vm: DebianVM, mods):
+    art, _built = mods
+    vm.restart(append="kpatch.enable=0")
+    assert livepatches(vm) == []
+    journal = sh(vm, "journalctl -b -u kpatch-livepatch.service -o cat")
+    assert "kpatch.enable=0 on the kernel command line" in journal
+    info = ansible.info()
+    row = jmespath.search("installed[?name=='livepatch_sample' && for_running_kernel] | [0]", info)
+    assert row["release"] == art.release and row["loaded"] is False
+
+
+def test_absent_removes_everything(ansible: Ansible, vm: DebianVM, mods):
+    art, built = mods
+    res = ansible.kpatch(name="livepatch_sample", state="loaded")  # by name, from the install dir
+    assert res["changed"] is True and sh(vm, "cat /proc/cmdline") == SAMPLE_TEXT, res
+    res = ansible.kpatch(name="livepatch_sample", state="absent", diff=True)
+    assert res["changed"] is True and res["loaded"] == [], res
+    assert art.release not in res["installed"]
+    res = ansible.kpatch(name="livepatch_sample", state="absent", release=built.other_release_name)
+    assert res["changed"] is True and res["installed"] == {}, res
+    assert ansible.kpatch(name="livepatch_sample", state="absent")["changed"] is False
+    assert lsmod_ours(vm) == [] and livepatches(vm) == []

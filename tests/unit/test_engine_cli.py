@@ -1,0 +1,68 @@
+"""tools/create-diff-object: kpatch's argument order, exit codes, printed lines and --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.unit.engine_cc import TEST_STRUCT_SIZES, make_case
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "create-diff-object"
+SRC = "int alpha(int x) { return x + 1; }\nint beta(int x) { return x * 2; }\n"
+SIZE_ENV = {"BUG_STRUCT_SIZE": "12", "EX_STRUCT_SIZE": "12", "ALT_STRUCT_SIZE": "12", "JUMP_STRUCT_SIZE": "16",
+            "PARA_STRUCT_SIZE": "16", "ORC_STRUCT_SIZE": "6", "STATIC_CALL_STRUCT_SIZE": "8",
+            "PRINTK_INDEX_STRUCT_SIZE": "44", "PATH": "/usr/bin:/bin"}
+
+
+def run_tool(case, *extra):
+    argv = [sys.executable, str(TOOL), str(case.orig), str(case.patched), "vmlinux", str(case.parent),
+            str(case.symvers), "test_patch", str(case.out), "--json", str(case.root / "summary.json"), *extra]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=SIZE_ENV, check=False)
+    summary = json.loads((case.root / "summary.json").read_text())
+    return proc, summary
+
+
+def test_changes_exit_zero_and_print_kpatch_lines(tmp_path):
+    case = make_case(tmp_path, SRC, SRC.replace("x + 1", "x + 5") + "int gamma(int x) { return x - 9; }\n")
+    proc, summary = run_tool(case)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["x.o: changed function: alpha", "x.o: new function: gamma"]
+    assert summary["status"] == "changed" and summary["changed_functions"] == ["alpha"]
+    assert summary["new_functions"] == ["gamma"] and summary["output_size"] == case.out.stat().st_size
+    assert set(summary["timings"]) >= {"read", "compare", "write"}
+
+
+def test_no_changes_exit_three(tmp_path):
+    case = make_case(tmp_path, SRC, SRC)
+    proc, summary = run_tool(case)
+    assert proc.returncode == 3 and "no changed functions" in proc.stdout
+    assert summary["status"] == "no_changes" and not case.out.exists()
+
+
+def test_rejection_exit_two_with_message(tmp_path):
+    src = "int tunable = 5;\nint read_tunable(void) { return tunable; }\n"
+    case = make_case(tmp_path, src, src.replace("= 5", "= 6"))
+    proc, summary = run_tool(case)
+    assert proc.returncode == 2
+    assert "ERROR: data section .data.tunable changed" in proc.stderr
+    assert summary["status"] == "rejected" and "tunable" in summary["error"] and not case.out.exists()
+
+
+def test_unreadable_input_exit_one(tmp_path):
+    case = make_case(tmp_path, SRC, SRC)
+    case.patched.write_bytes(b"not an ELF file at all")
+    proc, summary = run_tool(case)
+    assert proc.returncode == 1 and "x.o" in proc.stderr
+    assert summary["status"] == "error"
+
+
+def test_struct_size_option_overrides_environment(tmp_path):
+    case = make_case(tmp_path, SRC, SRC.replace("x + 1", "x + 5"))
+    proc, _summary = run_tool(case, "--struct-size", "BUG=12")
+    assert proc.returncode == 0
+    proc = subprocess.run([sys.executable, str(TOOL), "a", "b", "c", "d", "e", "f", "g", "--struct-size", "NOPE=1"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "bad --struct-size 'NOPE=1'" in proc.stderr
+    assert TEST_STRUCT_SIZES["BUG"] == 12

@@ -1,0 +1,142 @@
+"""Lookup of the parent's symbols: ELF vs readelf text, file blocks, sympos, Module.symvers."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import STB_GLOBAL, STB_LOCAL, STT_FUNC
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
+    LookupError_,
+    ParentSymtab,
+    load_parent_symtab,
+    module_objname,
+    parse_readelf_symbols,
+    read_symvers,
+    symbols_from_model,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_symbols
+
+from tests.unit.engine_cc import compile_c, link_parent, make_case, run_engine
+
+DUPLICATE = r"""
+__attribute__((noinline)) static int twice(int x) { return x * 2 + 1; }
+int DRIVER(int x) { return twice(x) + 3; }
+"""
+
+
+@pytest.fixture(scope="module")
+def parent_with_duplicates(tmp_path_factory):
+    """A parent where three files each define a local ``twice``: x.c in the middle."""
+    root = tmp_path_factory.mktemp("dups")
+    objs = [compile_c(DUPLICATE.replace("DRIVER", "drive_a"), root / "a", name="a.c"),
+            compile_c(DUPLICATE.replace("DRIVER", "drive_x"), root / "x", name="x.c"),
+            compile_c(DUPLICATE.replace("DRIVER", "drive_c"), root / "c", name="c.c")]
+    return link_parent(objs, root / "parent.o"), root
+
+
+def test_readelf_text_and_elf_give_the_same_symbols(parent_with_duplicates):
+    parent, _root = parent_with_duplicates
+    text = subprocess.run(["readelf", "-s", "--wide", str(parent)], capture_output=True, text=True,
+                          check=True).stdout
+    # (section symbols aside: readelf prints them nameless, the model by their section's name)
+    from_text = [(s.name, s.value, s.size, s.bind, s.type, s.defined, s.index)
+                 for s in parse_readelf_symbols(text) if s.type != 3]
+    from_elf = [(s.name, s.value, s.size, s.bind, s.type, s.defined, s.index)
+                for s in symbols_from_model(read_symbols(str(parent))) if s.type != 3]
+    assert from_text == from_elf and len(from_elf) >= 10
+
+
+def test_local_sympos_follows_address_order_in_vmlinux(parent_with_duplicates):
+    parent, _root = parent_with_duplicates
+    symtab = load_parent_symtab(str(parent), "vmlinux")
+    symtab.select_file_block("x.c", ["twice", "drive_x"])
+    found = symtab.find_local("twice")
+    assert found is not None and found.sympos == 2 and found.bind == STB_LOCAL and found.type == STT_FUNC
+    symtab.select_file_block("c.c", ["twice"])
+    assert symtab.find_local("twice").sympos == 3
+
+
+def test_unique_local_has_sympos_zero(parent_with_duplicates):
+    parent, _root = parent_with_duplicates
+    symtab = load_parent_symtab(str(parent), "vmlinux")
+    symtab.select_file_block("x.c", ["twice"])
+    assert symtab.find_global("drive_x").sympos == 0 and symtab.find_global("drive_x").bind == STB_GLOBAL
+
+
+def test_engine_emits_sympos_for_duplicate_local(tmp_path, parent_with_duplicates):
+    parent, _root = parent_with_duplicates
+    src = DUPLICATE.replace("DRIVER", "drive_x")
+    case = make_case(tmp_path, src, src.replace("+ 3", "+ 4"))
+    case.parent = parent
+    run_engine(case)
+    twice = [r for r in case.klp_relocations() if r["name"] == "twice"]
+    assert twice and twice[0]["sympos"] == 2 and twice[0]["objname"] == "vmlinux"
+
+
+def test_module_parent_uses_symbol_table_order_and_its_name(tmp_path, parent_with_duplicates):
+    parent, _root = parent_with_duplicates
+    src = DUPLICATE.replace("DRIVER", "drive_x")
+    case = make_case(tmp_path, src, src.replace("+ 3", "+ 4"))
+    case.parent = parent
+    run_engine(case, parent_name="my_driver")
+    twice = [r for r in case.klp_relocations() if r["name"] == "twice"]
+    assert twice[0]["objname"] == "my_driver" and twice[0]["sympos"] == 2
+    assert case.funcs()[0]["objname"] == "my_driver"
+
+
+def test_ambiguous_file_block_is_an_error(tmp_path):
+    objs = [compile_c("static int solo(int x) { return x; }\nint pub1(int x) { return solo(x); }\n",
+                      tmp_path / "one"),
+            compile_c("static int solo(int x) { return -x; }\nint pub2(int x) { return solo(x); }\n",
+                      tmp_path / "two")]
+    symtab = load_parent_symtab(str(link_parent(objs, tmp_path / "parent.o")), "vmlinux")
+    with pytest.raises(LookupError_) as info:
+        symtab.select_file_block("x.c", ["unrelated_name"])
+    assert "2 'x.c' files" in str(info.value)
+
+
+def test_symvers_parsing_and_errors(tmp_path):
+    good = tmp_path / "Module.symvers"
+    good.write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tnf_foo\tnet/netfilter/nf-foo\tEXPORT_SYMBOL_GPL\tNS\n")
+    exports = read_symvers(str(good))
+    assert exports["printk"].module == "vmlinux" and exports["nf_foo"].objname == "nf_foo"
+    assert exports["nf_foo"].export_type == "EXPORT_SYMBOL_GPL"
+    bad = tmp_path / "bad.symvers"
+    bad.write_text("0x1 printk vmlinux\n")
+    with pytest.raises(LookupError_) as info:
+        read_symvers(str(bad))
+    assert "bad.symvers:1" in str(info.value)
+
+
+def test_module_objname_matches_livepatch_spelling():
+    assert module_objname("drivers/net/virtio-net") == "virtio_net"
+    assert module_objname("vmlinux") == "vmlinux"
+
+
+def test_symbol_exported_by_the_parent_module_needs_klp(tmp_path):
+    src = "extern int mod_export;\nint use_it(void) { return mod_export + 1; }\n"
+    case = make_case(tmp_path, src, src.replace("+ 1", "+ 2"), extra_parent_src="int mod_export = 3;\n")
+    case.symvers.write_text("0x0\t__fentry__\tvmlinux\tEXPORT_SYMBOL\t\n0x0\tmod_export\tdrivers/my-mod\tEXPORT_SYMBOL\t\n")
+    run_engine(case, parent_name="my_mod")
+    entry = [r for r in case.klp_relocations() if r["name"] == "mod_export"]
+    assert entry and entry[0]["objname"] == "my_mod"
+
+
+def test_symbol_exported_by_another_module_stays_ordinary(tmp_path):
+    src = "extern int other_export;\nint use_it(void) { return other_export + 1; }\n"
+    case = make_case(tmp_path, src, src.replace("+ 1", "+ 2"))
+    case.symvers.write_text("0x0\t__fentry__\tvmlinux\tEXPORT_SYMBOL\t\n"
+                            "0x0\tother_export\tdrivers/other\tEXPORT_SYMBOL\t\n")
+    run_engine(case, parent_name="my_mod")
+    assert any(r.sym.name == "other_export" for r in case.relocations(".text.use_it"))
+    assert not case.klp_relocations()
+
+
+def test_parent_symtab_built_directly():
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import ParentSymbol
+    syms = [ParentSymbol("f.c", 0, 0, STB_LOCAL, 4, False, 1), ParentSymbol("g", 0x10, 4, STB_LOCAL, 2, True, 2)]
+    table = ParentSymtab(syms, "vmlinux")
+    with pytest.raises(LookupError_):
+        table.select_file_block("nope.c", [])

@@ -1,0 +1,170 @@
+"""Every rejection of the diff engine, each on a gcc-compiled pair, checking its message."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import PatchRejected
+
+from tests.unit.engine_cc import make_case, run_engine
+
+JUMP_LABEL = r"""
+struct static_key { int enabled; };
+static __attribute__((always_inline)) inline int key_on(struct static_key *key)
+{
+    asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n\t"
+             ".pushsection __jump_table, \"aw\"\n\t.balign 8\n\t"
+             ".long 1b - .\n\t.long %l[l_yes] - .\n\t.quad %c0 - .\n\t.popsection"
+             : : "i" (key) : : l_yes);
+    return 0;
+l_yes:
+    return 1;
+}
+static struct static_key fast_path;
+int keyed(int x) { if (key_on(&fast_path)) return x * 2; return x + 1; }
+int keyed_too(int x) { if (key_on(&fast_path)) return x * 5; return x - 1; }
+"""
+
+
+def rejection(tmp_path, orig, patched, **kw) -> str:
+    parent_name = kw.pop("parent_name", "vmlinux")
+    case = make_case(tmp_path, orig, patched, **kw)
+    with pytest.raises(PatchRejected) as info:
+        run_engine(case, parent_name=parent_name)
+    assert not case.out.exists(), "a rejected patch must leave no output"
+    return str(info.value)
+
+
+def test_changed_init_function_is_rejected(tmp_path):
+    src = r"""
+__attribute__((section(".init.text"))) int setup_thing(int x) { return x + 40; }
+int runtime(int x) { return x; }
+"""
+    msg = rejection(tmp_path, src, src.replace("x + 40", "x + 41"))
+    assert "setup_thing" in msg and ".init.text" in msg and "__init" in msg
+
+
+def test_changed_initial_value_of_existing_variable_is_rejected(tmp_path):
+    src = "int tunable = 5;\nint read_tunable(void) { return tunable; }\n"
+    msg = rejection(tmp_path, src, src.replace("= 5", "= 6"))
+    assert "data section .data.tunable changed" in msg and "variable tunable" in msg
+
+
+def test_new_variable_in_existing_data_section_is_rejected(tmp_path):
+    src = "int first_var = 5;\nint read_it(void) { return first_var; }\n"
+    patched = "int first_var = 5;\nint second_var = 9;\nint read_it(void) { return first_var + second_var; }\n"
+    msg = rejection(tmp_path, src, patched, flags=["-fno-data-sections"])
+    assert "new variable second_var" in msg and "existing data section .data" in msg
+
+
+def test_changed_function_without_fentry_is_rejected(tmp_path):
+    src = "__attribute__((no_instrument_function)) int quiet(int x) { return x * 3; }\n"
+    msg = rejection(tmp_path, src, src.replace("x * 3", "x * 4"))
+    assert "quiet" in msg and "__fentry__" in msg
+
+
+GROUPED = r"""
+asm(".section .text.grouped_fn,\"axG\",@progbits,grouped_sig,comdat\n"
+    ".globl grouped_fn\n.type grouped_fn,@function\ngrouped_fn:\n"
+    "call __fentry__\nmovl $1, %eax\nret\n.size grouped_fn, .-grouped_fn\n.previous\n");
+int plain(int x) { return x; }
+"""
+
+
+def test_changed_grouped_section_is_rejected(tmp_path):
+    msg = rejection(tmp_path, GROUPED, GROUPED.replace("movl $1", "movl $2"))
+    assert "section .text.grouped_fn changed but is part of a section group" in msg
+
+
+def test_changed_group_membership_is_rejected(tmp_path):
+    patched = GROUPED.replace(
+        'asm(".section .text.grouped_fn',
+        'asm(".section .data.grouped_extra,\\"awG\\",@progbits,grouped_sig,comdat\\n.long 7\\n.previous\\n"\n'
+        '    ".section .text.grouped_fn')
+    msg = rejection(tmp_path, GROUPED, patched)
+    assert "section group .group (signature grouped_sig) changed" in msg and ".data.grouped_extra" in msg
+
+
+def test_removed_static_local_reference_is_rejected(tmp_path):
+    src = r"""
+int counted(int x)
+{
+    static int hits;
+    hits++;
+    return x + hits;
+}
+"""
+    patched = "int counted(int x)\n{\n    return x + 1;\n}\n"
+    msg = rejection(tmp_path, src, patched)
+    assert "counted no longer references static local variable(s) hits" in msg
+
+
+def test_out_of_range_relocation_is_rejected(tmp_path):
+    src = r"""
+static const char table[16] = "abcdefghijklmno";
+const char *far_ref(void) { const char *p; asm("leaq table+%c1(%%rip), %0" : "=r"(p) : "i"(64), "m"(table)); return p; }
+"""
+    msg = rejection(tmp_path, src, src.replace("%c1", "%c1+4096"))
+    assert "far_ref" in msg or ".text.far_ref" in msg
+    assert "points to table+0x103c, outside that symbol (16 bytes)" in msg
+
+
+def test_mismatched_elf_headers_are_rejected(tmp_path):
+    src = "int plain(int x) { return x + 1; }\n"
+    # an ifunc makes gas mark the object ELFOSABI_GNU
+    patched = src + ("static int impl(int x) { return x; }\n"
+                     "static void *resolve(void) { return (void *)impl; }\n"
+                     "int chosen(int x) __attribute__((ifunc(\"resolve\")));\n")
+    msg = rejection(tmp_path, src, patched)
+    assert "ELF headers differ" in msg and "ei_osabi" in msg
+
+
+def test_jump_label_with_key_in_module_is_rejected(tmp_path):
+    msg = rejection(tmp_path, JUMP_LABEL, JUMP_LABEL.replace("x * 2", "x * 3"), parent_name="mymod")
+    assert "jump label in function keyed uses key fast_path defined in module mymod" in msg
+
+
+def test_jump_label_with_key_in_vmlinux_is_accepted(tmp_path):
+    case = run_engine(make_case(tmp_path, JUMP_LABEL, JUMP_LABEL.replace("x * 2", "x * 3")))
+    assert case.result.changed_functions == ["keyed"]
+    assert case.sections()["__jump_table"].size == 16
+    keys = [r for r in case.klp_relocations() if r["section"] == "__jump_table"]
+    assert [(k["name"], k["offset"]) for k in keys] == [("fast_path", 8)]
+
+
+def test_unknown_global_is_rejected_with_its_name(tmp_path):
+    src = "extern int mystery_symbol;\nint reader(void) { return mystery_symbol + 1; }\n"
+    msg = rejection(tmp_path, src, src.replace("+ 1", "+ 2"))
+    assert "mystery_symbol" in msg and "neither exported" in msg
+
+
+def test_changed_function_missing_from_parent_is_rejected(tmp_path):
+    src = "int present(int x) { return x + 1; }\n"
+    case = make_case(tmp_path, src, src.replace("x + 1", "x + 2"))
+    # a parent built from another file: the function is not in the running kernel
+    from tests.unit.engine_cc import compile_c, link_parent
+    other = compile_c("int present_elsewhere(int x) { return x; }\n", tmp_path / "unrelated")
+    link_parent([other], case.parent)
+    with pytest.raises(PatchRejected) as info:
+        run_engine(case)
+    assert "changed function present is not in the vmlinux symbol table" in str(info.value)
+
+
+def test_source_file_missing_from_parent_is_rejected(tmp_path):
+    src = "int present(int x) { return x + 1; }\n"
+    case = make_case(tmp_path, src, src.replace("x + 1", "x + 2"))
+    from tests.unit.engine_cc import compile_c, link_parent
+    other = compile_c("int present(int x) { return x; }\n", tmp_path / "unrelated", name="y.c")
+    link_parent([other], case.parent)
+    with pytest.raises(PatchRejected) as info:
+        run_engine(case)
+    assert "source file x.c has no STT_FILE symbol in the vmlinux symbol table" in str(info.value)
+
+
+def test_existing_anonymous_data_would_be_copied_is_rejected(tmp_path):
+    src = r"""
+asm(".pushsection .data.anon,\"aw\"\n.long 5\n.popsection");
+int use_anon(int x) { int v; asm("movl .data.anon(%%rip), %0" : "=r"(v)); return v + x; }
+"""
+    msg = rejection(tmp_path, src, src.replace("v + x", "v - x"))
+    assert "anonymous data in the existing data section .data.anon" in msg and "copy" in msg

@@ -1,0 +1,134 @@
+"""Special-section regeneration: only entries of included functions survive, sizes come from the caller."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import PatchRejected
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import (
+    SpecialSectionError,
+    struct_sizes_from_env,
+)
+
+from tests.unit.engine_cc import TEST_STRUCT_SIZES, make_case, run_engine
+
+TABLES = r"""
+extern void alt_helper(void);
+#define ALT_ENTRY() asm volatile("661: .byte 0x90,0x90,0x90,0x90,0x90\n662:\n" \
+        ".pushsection .altinstructions,\"a\"\n.long 661b - .\n.long 663f - .\n.word 42\n" \
+        ".byte 662b-661b\n.byte 664f-663f\n.popsection\n" \
+        ".pushsection .altinstr_replacement,\"ax\"\n663: call alt_helper\n664:\n.popsection")
+struct static_call_key { void *func; };
+struct static_call_key __SCK__my_call;
+#define STATIC_CALL_ENTRY() asm volatile("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n" \
+        ".pushsection .static_call_sites,\"a\"\n.long 1b - .\n.long __SCK__my_call - .\n.popsection")
+int first(int x)
+{
+    if (x == 13) BUG_ENTRY();
+    EX_ENTRY();
+    ALT_ENTRY();
+    STATIC_CALL_ENTRY();
+    return x + 1;
+}
+int second(int x)
+{
+    if (x == 17) BUG_ENTRY();
+    EX_ENTRY();
+    ALT_ENTRY();
+    STATIC_CALL_ENTRY();
+    return x + 2;
+}
+"""
+PATCHED = TABLES.replace("x + 1;", "x + 100;")
+
+
+@pytest.fixture(scope="module")
+def tables_case(tmp_path_factory):
+    case = make_case(tmp_path_factory.mktemp("tables"), TABLES, PATCHED,
+                     exports=("__fentry__", "_printk", "alt_helper", "__SCK__my_call"))
+    assert b"__bug_table" in case.orig.read_bytes()
+    return run_engine(case)
+
+
+def _targets(case, section):
+    return sorted((r.offset, r.sym.name) for r in case.relocations(section))
+
+
+def test_only_the_changed_function_is_included(tables_case):
+    assert tables_case.result.changed_functions == ["first"]
+
+
+def test_bug_table_keeps_one_entry_with_its_file_name(tables_case):
+    secs = tables_case.sections()
+    assert secs["__bug_table"].size == TEST_STRUCT_SIZES["BUG"]
+    relocs = tables_case.relocations("__bug_table")
+    assert [(r.offset, r.sym.name) for r in relocs if r.sym.type == 2] == [(0, "first")]
+    file_ref = [r for r in relocs if r.offset == 4][0]
+    # ".long %c0 - 2b" sits at 2b+4: S + A - P = S - 2b, so A = 4 (S: a .LC label or the section)
+    assert file_ref.sym.section is not None, "the file name string must be in the output"
+    start = file_ref.sym.value + file_ref.addend - 4
+    data = file_ref.sym.section.data
+    assert data[start:data.index(b"\0", start)] == b"x.c"
+    line = struct.unpack_from("<H", secs["__bug_table"].data, 8)[0]
+    assert line > 0
+
+
+def test_exception_table_keeps_one_entry(tables_case):
+    assert tables_case.sections()["__ex_table"].size == TEST_STRUCT_SIZES["EX"]
+    assert {r.sym.name for r in tables_case.relocations("__ex_table")} == {"first"}
+
+
+def test_alternatives_keep_entry_and_replacement_code(tables_case):
+    secs = tables_case.sections()
+    assert secs[".altinstructions"].size == TEST_STRUCT_SIZES["ALT"]
+    relocs = tables_case.relocations(".altinstructions")
+    assert sorted((r.offset, r.sym.name) for r in relocs) == [(0, "first"), (4, ".altinstr_replacement")]
+    assert struct.unpack_from("<H", secs[".altinstructions"].data, 8)[0] == 42
+    # the replacement code came along, still calling the exported helper normally
+    assert ".altinstr_replacement" in secs
+    # (the whole replacement section travels, like kpatch: one entry per original site)
+    assert {r.sym.name for r in tables_case.relocations(".altinstr_replacement")} == {"alt_helper"}
+
+
+def test_static_call_sites_keep_entry_and_key(tables_case):
+    assert tables_case.sections()[".static_call_sites"].size == TEST_STRUCT_SIZES["STATIC_CALL"]
+    assert _targets(tables_case, ".static_call_sites") == [(0, "first"), (4, "__SCK__my_call")]
+
+
+def test_mcount_loc_lists_only_included_functions(tables_case):
+    assert tables_case.sections()["__mcount_loc"].size == 8
+    assert _targets(tables_case, "__mcount_loc") == [(0, "first")]
+
+
+def test_kept_entry_counts_are_reported(tables_case):
+    kept = tables_case.result.special_kept
+    for name in ("__bug_table", "__ex_table", ".altinstructions", ".static_call_sites", "__mcount_loc"):
+        assert kept[name] == 1, name
+
+
+def test_missing_struct_size_is_rejected_naming_the_variable(tmp_path):
+    sizes = dict(TEST_STRUCT_SIZES)
+    del sizes["BUG"]
+    case = make_case(tmp_path, TABLES, PATCHED, exports=("__fentry__", "alt_helper", "__SCK__my_call"))
+    with pytest.raises(PatchRejected) as info:
+        run_engine(case, struct_sizes=sizes)
+    assert "__bug_table" in str(info.value) and "bug_entry" in str(info.value)
+    assert "BUG_STRUCT_SIZE" in str(info.value)
+
+
+def test_struct_size_that_does_not_divide_the_section_is_rejected(tmp_path):
+    sizes = dict(TEST_STRUCT_SIZES, EX=10)
+    case = make_case(tmp_path, TABLES, PATCHED, exports=("__fentry__", "alt_helper", "__SCK__my_call"))
+    with pytest.raises(PatchRejected) as info:
+        run_engine(case, struct_sizes=sizes)
+    assert "__ex_table: size 24 is not a multiple of its entry size 10" in str(info.value)
+
+
+def test_struct_sizes_from_environment():
+    env = {"BUG_STRUCT_SIZE": "12", "JUMP_STRUCT_SIZE": "0x10", "UNRELATED": "1"}
+    assert struct_sizes_from_env(env) == {"BUG": 12, "JUMP": 16}
+    with pytest.raises(SpecialSectionError) as info:
+        struct_sizes_from_env({"ORC_STRUCT_SIZE": "six"})
+    assert "ORC_STRUCT_SIZE" in str(info.value)

@@ -1,0 +1,184 @@
+"""The livepatch conversion (``_engine/klp.py``) on objects carrying the engine's real records.
+
+Input: gcc-compiled functions whose references to unexported symbols are moved into
+``.kpatch.*`` sections by the engine's own ``emit_intermediate_sections`` (so producer and
+consumer of the layout are tested together), two such objects joined by ``ld -r`` as kbuild
+joins a module's parts (which shifts every record's relocation addends), then converted.
+GNU readelf checks the result.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    SHF_ALLOC,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_OBJECT,
+    Section,
+    SHT_PROGBITS,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer import write_elf
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import (
+    KlpRelocation,
+    KlpSymbol,
+    PatchedFunc,
+    emit_intermediate_sections,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import (
+    KlpError,
+    convert_to_klp,
+    create_klp_module,
+)
+from tests.testbed.readelf import parse_sections, parse_symbols, readelf
+from tests.unit.elf_samples import SAMPLE_C, compile_c
+
+PATCH_A = r"""
+extern int secret_counter;          /* vmlinux, not exported */
+extern int helper_local(int);       /* a local vmlinux function with same-named twins */
+extern int ext4_thing;              /* lives in the ext4 module */
+int patched_a(int x)
+{
+    return secret_counter + helper_local(x) + ext4_thing;
+}
+"""
+PATCH_B = r"""
+extern int secret_counter;
+extern long other_state[4];
+int patched_b(int x)
+{
+    other_state[2] = x;
+    return secret_counter * 3;
+}
+"""
+# symbol in the C file -> the record the engine would make for it
+TARGETS: Dict[str, KlpSymbol] = {
+    "secret_counter": KlpSymbol("secret_counter", "vmlinux", 0, STB_GLOBAL, STT_OBJECT),
+    "helper_local": KlpSymbol("helper_local", "vmlinux", 2, STB_LOCAL, STT_FUNC),
+    "ext4_thing": KlpSymbol("ext4_thing", "ext4", 0, STB_GLOBAL, STT_OBJECT),
+    "other_state": KlpSymbol("other_state", "vmlinux", 1, STB_LOCAL, STT_OBJECT),
+}
+Expected = List[Tuple[str, str, int, str, str, int]]  # (klp section, base, offset, type, symbol, addend)
+_TYPES = {2: "R_X86_64_PC32", 4: "R_X86_64_PLT32", 11: "R_X86_64_32S", 1: "R_X86_64_64"}
+
+
+def engine_object(workdir: Path, name: str, source: str, targets: Optional[Dict[str, KlpSymbol]] = None) -> Expected:
+    """Compile ``source``; move references to ``targets`` (default TARGETS) into .kpatch.* records
+    the engine's way."""
+    targets = TARGETS if targets is None else targets
+    obj_path = compile_c(workdir, name, source)
+    obj = read_elf(str(obj_path))
+    moved: List[KlpRelocation] = []
+    expected: Expected = []
+    for sec in obj.sections:
+        if sec.rela is None or not sec.is_text:
+            continue
+        keep = []
+        for rel in sec.rela.relocations:
+            target = targets.get(rel.sym.name)
+            if target is None:
+                keep.append(rel)
+                continue
+            moved.append(KlpRelocation(sec, rel.offset, rel.type, rel.addend, target, external=False))
+            expected.append((f".klp.rela.{target.objname}.{sec.name}", sec.name, rel.offset, _TYPES[rel.type],
+                             f".klp.sym.{target.objname}.{target.name},{target.sympos}", rel.addend))
+        sec.rela.relocations = keep
+    obj.symbols = [s for s in obj.symbols if s.name not in targets]
+    func = obj.find_symbol(f"patched_{name[-1]}")
+    emit_intermediate_sections(obj, [PatchedFunc(func, 0xFFFFFFFF81000000, 64, 0, "vmlinux")], moved)
+    write_elf(obj, str(obj_path))
+    return expected
+
+
+def klp_relocations(path: Path) -> Expected:
+    """(section, base, offset, type, symbol, addend) of every .klp.rela entry, from readelf."""
+    rows: Expected = []
+    sections = {r.name: r for r in parse_sections(readelf(path, "-S"))}
+    by_index = {r.index: r.name for r in sections.values()}
+    current = None
+    for line in readelf(path, "-r").splitlines():
+        head = re.match(r"^Relocation section '(.+)' at offset", line)
+        if head:
+            current = head.group(1) if head.group(1).startswith(".klp.rela.") else None
+            continue
+        entry = re.match(r"^([0-9a-f]{16})\s+[0-9a-f]{16}\s+(\S+)\s+[0-9a-f]{16}\s+(\S+) ([+-]) ([0-9a-f]+)$", line)
+        if current and entry:
+            addend = int(entry.group(5), 16) * (-1 if entry.group(4) == "-" else 1)
+            rows.append((current, by_index[sections[current].info], int(entry.group(1), 16), entry.group(2),
+                         entry.group(3), addend))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Expected]:
+    """patch_a.o + patch_b.o joined by ld -r, and the klp relocations they must yield."""
+    work = tmp_path_factory.mktemp("klp")
+    expected = engine_object(work, "patch_a", PATCH_A) + engine_object(work, "patch_b", PATCH_B)
+    out = work / "linked.o"
+    proc = subprocess.run(["ld", "-r", str(work / "patch_a.o"), str(work / "patch_b.o"), "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return out, expected
+
+
+def test_conversion_yields_the_moved_relocations(linked, tmp_path: Path) -> None:
+    src, expected = linked
+    out = tmp_path / "klp.o"
+    result = create_klp_module(str(src), str(out))
+    readelf(out, "-a")  # clean: no warnings
+    assert sorted(klp_relocations(out)) == sorted(expected)
+    assert result.relocations == len(expected) == 5
+    assert sorted(result.sections) == [".klp.rela.ext4..text.patched_a", ".klp.rela.vmlinux..text.patched_a",
+                                       ".klp.rela.vmlinux..text.patched_b"]
+
+
+def test_sections_and_symbols_have_the_kernel_format(linked, tmp_path: Path) -> None:
+    src, _expected = linked
+    out = tmp_path / "klp.o"
+    result = create_klp_module(str(src), str(out))
+    sections = {r.name: r for r in parse_sections(readelf(out, "-S"))}
+    for name in result.sections:
+        assert sections[name].type == "RELA" and sections[name].flags == "AIo", sections[name]
+        assert sections[name].link == sections[".symtab"].index
+    for gone in (".kpatch.relocations", ".kpatch.symbols", ".rela.kpatch.relocations", ".rela.kpatch.symbols"):
+        assert gone not in sections
+    for kept in (".kpatch.funcs", ".rela.kpatch.funcs", ".kpatch.strings"):
+        assert kept in sections
+    klp_syms = {row[7]: row for row in parse_symbols(readelf(out, "-s")) if row[7].startswith(".klp.sym.")}
+    assert sorted(klp_syms) == [".klp.sym.ext4.ext4_thing,0", ".klp.sym.vmlinux.helper_local,2",
+                                ".klp.sym.vmlinux.other_state,1", ".klp.sym.vmlinux.secret_counter,0"]
+    assert result.symbols == 4  # secret_counter, used by both objects, once
+    for name, (_num, _value, _size, typ, bind, _vis, ndx, _name) in klp_syms.items():
+        assert ndx == "OS [0xff20]", f"{name}: readelf Ndx {ndx}"  # SHN_LIVEPATCH
+        target = TARGETS[name.split(".")[4].split(",")[0]]
+        assert (typ, bind) == ({STT_FUNC: "FUNC", STT_OBJECT: "OBJECT"}[target.type],
+                               {STB_LOCAL: "LOCAL", STB_GLOBAL: "GLOBAL"}[target.bind])
+
+
+def test_plain_object_is_refused(tmp_path: Path) -> None:
+    obj = read_elf(str(compile_c(tmp_path, "plain", SAMPLE_C)))
+    with pytest.raises(KlpError, match=r"plain\.o: no \.kpatch\.relocations section"):
+        convert_to_klp(obj)
+
+
+def test_module_without_livepatch_modinfo_is_refused(linked) -> None:
+    obj = read_elf(str(linked[0]))
+    info = b"license=GPL\0vermagic=6.1.0-50-cloud-amd64 SMP mod_unload modversions \0"
+    obj.sections.append(Section(name=".modinfo", sh_type=SHT_PROGBITS, flags=SHF_ALLOC, data=info, size=len(info)))
+    with pytest.raises(KlpError, match=r"\.modinfo lacks livepatch=Y"):
+        convert_to_klp(obj)
+
+
+def test_unparsable_object_name_is_refused(tmp_path: Path) -> None:
+    targets = dict(TARGETS, ext4_thing=KlpSymbol("ext4_thing", "ext4.ko", 0, STB_GLOBAL, STT_OBJECT))
+    engine_object(tmp_path, "patch_a", PATCH_A, targets)
+    with pytest.raises(KlpError, match=r"object name 'ext4\.ko' .* without '\.'"):
+        convert_to_klp(read_elf(str(tmp_path / "patch_a.o")))
