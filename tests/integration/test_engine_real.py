@@ -126,3 +126,39 @@ def test_cli_with_readelf_text_symtab(kernel_6_1, sizes, tmp_path):
     assert proc.stdout.splitlines() == ["dev.o: changed function: dev_valid_name"]
     funcs = read_elf(str(tmp_path / "o.o")).section_by_name()[".kpatch.funcs"]
     assert struct.unpack_from("<Q", funcs.data, 8)[0] > 0
+
+
+def _sizes_6_12(kernel):
+    """Special-struct sizes from the 6.12 DWARF (6.12 has no paravirt_patch_site any more)."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import (
+        SPECIAL_STRUCTS,
+        required_structs,
+    )
+    try:
+        return special_struct_sizes(kernel.vmlinux, kernel.release, cache_root() / "struct-sizes", kernel.config)
+    except Exception:  # pylint: disable=broad-except  # the helper demands PARA on 6.12; measure the rest
+        from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import (
+            sizes_with_pyelftools,
+        )
+        wanted = {k: v for k, v in required_structs(kernel.config).items() if k != "PARA"}
+        by_name = sizes_with_pyelftools(kernel.vmlinux, wanted.values())
+        assert SPECIAL_STRUCTS
+        return {k: by_name[name] for k, name in wanted.items() if name in by_name}
+
+
+def test_call_padding_kernel_meminfo(kernel_6_12, tmp_path):
+    """6.12 (X86_KERNEL_IBT, CALL_PADDING): functions start 16 bytes into their sections."""
+    sizes = _sizes_6_12(kernel_6_12)
+    symtab = load_parent_symtab(str(kernel_6_12.vmlinux), "vmlinux")
+    pair = build_pair("meminfo", kernel_6_12)
+    out = tmp_path / "meminfo.o"
+    result = create_diff_object(str(pair.orig), str(pair.patched), "vmlinux", symtab,
+                                str(kernel_6_12.headers / "Module.symvers"), "livepatch_test", str(out), sizes)
+    assert result.changed_functions == ["meminfo_proc_show"]
+    obj = read_elf(str(out))
+    func = [s for s in obj.symbols if s.name == "meminfo_proc_show"][0]
+    assert func.value == 16 and func.section.data[:16] == b"\x90" * 16
+    assert func.section.data[16:20] == b"\xf3\x0f\x1e\xfa"  # endbr64 (IBT) before the fentry call
+    assert [r.sym.name for r in obj.section_by_name()["__mcount_loc"].rela.relocations] == ["meminfo_proc_show"]
+    funcs = decode_funcs(obj)
+    assert [(f["name"], f["new"]) for f in funcs] == [("meminfo_proc_show", "meminfo_proc_show")]

@@ -264,3 +264,18 @@ static struct kpatch_pre_patch_callback kpatch_pre_patch_data __attribute__((use
     relocs = case.relocations(".kpatch.callbacks.pre_patch")
     assert [(r.offset, r.sym.name) for r in relocs] == [(0, "my_pre_patch")]
     assert relocs[0].sym.section is not None
+
+
+def test_call_padding_functions_are_bundled_and_diffed(tmp_path):
+    """CALL_PADDING kernels (6.12): 16 padding bytes precede each function inside its section."""
+    padding = ["-fpatchable-function-entry=16,16"]
+    case = make_case(tmp_path, BASE, BASE.replace("target called", "TARGET called"), flags=padding)
+    run_engine(case)
+    assert case.result.changed_functions == ["target"]
+    target = [s for s in case.output.symbols if s.name == "target"][0]
+    assert target.value == 16 and target.section.name == ".text.target"
+    assert case.funcs()[0]["new"] == "target"
+    # the call to the unchanged static helper is named by symbol, addend relative to it
+    helper = [r for r in case.klp_relocations() if r["name"] == "helper"]
+    assert helper and helper[0]["addend"] == -4
+    assert [(r.offset, r.sym.name) for r in case.relocations("__mcount_loc")] == [(0, "target")]

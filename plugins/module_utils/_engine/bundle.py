@@ -69,13 +69,24 @@ def bundle_symbols(obj: ElfObject) -> None:
         if sec.sym is not None:
             continue
         if sec.name in _own_section_names(sym.name) and by_name.get(sec.name) is sec:
-            if sym.value == 0 or _prefix_at_start(obj, sec, sym):
+            if sym.value == 0 or _prefix_at_start(sec, sym) or _padding_before(sec, sym):
                 sec.sym = sym
 
 
-def _prefix_at_start(obj: ElfObject, sec: Section, sym: Symbol) -> bool:
-    # CALL_PADDING: the section starts with __pfx_foo and foo follows it.
+def _prefix_at_start(sec: Section, sym: Symbol) -> bool:
+    # CALL_PADDING after objtool: the section starts with __pfx_foo and foo follows it.
     return sym.prefix is not None and sym.prefix.section is sec and sym.prefix.value == 0
+
+
+# Bytes gcc's -fpatchable-function-entry=N,N and objtool put in front of a function.
+_PADDING_BYTES = frozenset(b"\x90\xcc")
+MAX_FUNCTION_PADDING = 64
+
+
+def _padding_before(sec: Section, sym: Symbol) -> bool:
+    # CALL_PADDING before objtool: N bytes of NOP padding, no symbol yet.
+    return sym.type == STT_FUNC and 0 < sym.value <= MAX_FUNCTION_PADDING and sec.is_text and \
+        len(sec.data) >= sym.value and set(sec.data[:sym.value]) <= _PADDING_BYTES
 
 
 def link_prefix_symbols(obj: ElfObject) -> None:

@@ -14,7 +14,9 @@ Entry sizes of the kernel's structures are never assumed: they come from the
 caller's ``struct_sizes`` dict (filled from the kernel's DWARF by
 ``_kbuild/structsizes.py``, or from the environment variables kpatch uses —
 see :func:`struct_sizes_from_env`).  Arrays of ``s32`` offsets or of pointers
-are sized by their C element type.
+are sized by their C element type.  ``__patchable_function_entries`` (x86
+CALL_PADDING kernels) is not kept: x86 ftrace uses ``__mcount_loc``, and the
+section is SHF_LINK_ORDER-tied to one text section of the original object.
 
 ``.orc_unwind`` has no relocations: its entry *i* belongs to entry *i* of
 ``.orc_unwind_ip`` and is kept or dropped with it.  ``.printk_index`` is an
@@ -66,7 +68,6 @@ SPECIAL_SECTIONS: Dict[str, object] = {
     ".call_sites": _S32,
     ".ibt_endbr_seal": _S32,
     "__mcount_loc": _PTR,
-    "__patchable_function_entries": _PTR,
     ".printk_index": _PTR,
 }
 # Offset of the key pointer inside entries whose key must be resolvable at load time.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
     KbuildError,
@@ -29,9 +29,25 @@ KMOD_FILES = ("Kbuild", "Makefile", "kpatch.lds", "livepatch-patch-hook.c", "kpa
 MAX_MODULE_NAME = 48
 
 
-def default_kmod_dir() -> Path:
-    """``kmod/`` at the collection root (this file is plugins/module_utils/_kbuild/kmod.py)."""
-    return Path(__file__).resolve().parents[3] / "kmod"
+def default_kmod_dir() -> Optional[Path]:
+    """``kmod/`` at the collection root when it is on disk (a checkout), else None.
+
+    Inside an Ansible module payload only module_utils travel; the embedded copy in
+    ``kmod_sources`` is used then.
+    """
+    candidate = Path(__file__).resolve().parents[3] / "kmod"
+    return candidate if candidate.is_dir() else None
+
+
+def kmod_sources(kmod_dir: Optional[Path] = None) -> Dict[str, bytes]:
+    """File name → contents of the hook template, from ``kmod_dir`` or the embedded copy."""
+    if kmod_dir is not None:
+        missing = [f for f in KMOD_FILES if not (kmod_dir / f).is_file()]
+        if missing:
+            raise KbuildError(f"kmod template {kmod_dir} lacks {', '.join(missing)}")
+        return {f: (kmod_dir / f).read_bytes() for f in KMOD_FILES}
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod_sources import KMOD_SOURCES
+    return {f: KMOD_SOURCES[f].encode("utf-8") for f in KMOD_FILES}
 
 
 def module_name(name: str) -> str:
@@ -59,12 +75,9 @@ def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdi
     log = as_steplog(log)
     name = module_name(name)
     headers, workdir = Path(headers), Path(workdir)
-    kmod_dir = Path(kmod_dir) if kmod_dir else default_kmod_dir()
     if not (headers / "Makefile").is_file():
         raise KbuildError(f"{headers} is not a kernel headers/build directory (no Makefile)")
-    missing = [f for f in KMOD_FILES if not (kmod_dir / f).is_file()]
-    if missing:
-        raise KbuildError(f"kmod template {kmod_dir} lacks {', '.join(missing)}")
+    sources = kmod_sources(Path(kmod_dir) if kmod_dir else None)
     if not objects:
         raise KbuildError("no engine output objects to link into the patch module")
     names = [Path(o).name for o in objects]
@@ -75,8 +88,8 @@ def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdi
         if build_dir.exists():
             shutil.rmtree(build_dir)
         build_dir.mkdir(parents=True)
-        for f in KMOD_FILES:
-            shutil.copyfile(kmod_dir / f, build_dir / f)
+        for f, data in sources.items():
+            (build_dir / f).write_bytes(data)
         for obj in objects:
             _check_object(Path(obj))
             shutil.copyfile(obj, build_dir / Path(obj).name)

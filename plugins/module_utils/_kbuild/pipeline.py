@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import check_compiler
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
     build_patch_module,
-    default_kmod_dir,
+    kmod_sources,
     module_name,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
@@ -156,9 +156,11 @@ def _code_identity() -> str:
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     files = sorted(list(here.parent.glob("_elf/*.py")) + list(here.parent.glob("_engine/*.py"))
-                   + list(here.glob("*.py")) + [p for p in default_kmod_dir().iterdir() if p.is_file()])
+                   + list(here.glob("*.py")))
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name, data in sorted(kmod_sources().items()):
+        digest.update(name.encode() + b"\0" + data)
     return digest.hexdigest()
 
 
