@@ -184,6 +184,13 @@ class ParentSymtab:
     def select_file_block(self, filename: str, local_names: Iterable[str]) -> FileBlock:
         """The block of ``filename`` holding the object's locals (best match, must be unique)."""
         candidates = self.blocks_by_name.get(filename, [])
+        if not candidates and not self.blocks and not self.is_vmlinux:
+            # Distro modules are shipped without STT_FILE symbols: the whole module is the
+            # block, and find_local's one-match rule refuses names it cannot tell apart.
+            whole = FileBlock(filename)
+            whole.locals = [s for same in self.locals_by_name.values() for s in same]
+            self._block = whole
+            return whole
         if not candidates:
             raise LookupError_("source file %s has no STT_FILE symbol in the %s symbol table"
                                % (filename, self.objname))
