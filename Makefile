@@ -7,7 +7,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps venv unit sanity integration bench clean
+.PHONY: demo test test-full corpus deps venv unit sanity integration bench clean
 
 deps:
 	@scripts/check-env
@@ -32,9 +32,19 @@ integration: deps venv
 
 # One pytest run for unit and integration (one summary line), then ansible-test sanity.
 # pytest exits 5 when it collected nothing, which fails make like any other failure.
+# The patch corpus (tests/integration/test_corpus.py) runs for CORPUS_RELEASES: the 6.1 set in
+# `make test`, both kernels in `make test-full` (see README, "Patch corpus").
+CORPUS_RELEASES ?= 6.1.0-50-cloud-amd64
 test: deps venv
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+	KPATCH_CORPUS_RELEASES=$(CORPUS_RELEASES) $(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 	VENV=$(VENV) scripts/sanity
+
+test-full: CORPUS_RELEASES = 6.1.0-50-cloud-amd64,6.12.107+deb12-cloud-amd64
+test-full: test
+
+# Only the patch corpus, for the given releases.
+corpus: deps venv
+	KPATCH_CORPUS_RELEASES=$(CORPUS_RELEASES) $(PY) -m pytest tests/integration/test_corpus.py $(PYTEST_ARGS)
 
 demo: deps venv
 	$(PY) -m tests.testbed.demo

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: kpatch.livepatch contributors
-# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v2.0 or later; by its "any later version" clause that includes
+# version 3 (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module kpatch: declare one livepatch module's state on a host (load/unload/install)."""
 
 from __future__ import absolute_import, division, print_function
@@ -28,14 +29,17 @@ description:
   - Loading an atomic-replace patch retires the patches loaded before it; their modules are
     removed and the result lists them in RV(replaced).  Non-replace patches stack.
   - Concurrent runs on one host serialise on a lock file in C(/run/lock).
-  - When O(src) is on the controller, the action plugin sends it to the host first, like
-    M(ansible.builtin.copy) comparing checksums: an accepted file is kept in
+  - The SHA-256 of the file each patch was loaded from is remembered in
+    C(/run/kpatch-livepatch/loaded/) for the current boot, so that O(state=loaded) with a
+    different build of an already loaded patch fails instead of reporting success.
+  - When O(src) is on the controller, the action plugin sends it to the host first and, like
+    M(ansible.builtin.copy), compares checksums first. An accepted file is kept in
     C(<install_dir>/.staging/<sha256>.ko), and a host that already has it is not sent it again.
     A refused file is not kept.
   - The host needs only Python's standard library and C(insmod)/C(rmmod) (kmod).
 version_added: 0.1.0
 author:
-  - kpatch.livepatch contributors
+  - kpatch.livepatch contributors (@kpatch-livepatch)
 options:
   name:
     description:
@@ -329,14 +333,15 @@ def run(module):
         except (PlanError, LoaderError) as exc:
             raise TaskFailure(str(exc))
         before = snapshot(host)
+        wants_loaded = params["state"] == "loaded" or (
+            params["state"] == "installed" and params["load"] and release == running)
         if module.check_mode:
             outcome.update(changed=bool(steps), actions=[s.describe() for s in steps])
             after = predict(host, steps)
         else:
             try:
                 _execute(steps, params, outcome)
-                if params["state"] == "loaded" or (params["state"] == "installed"
-                                                  and params["load"] and release == running):
+                if wants_loaded:
                     _settle_running_enable(host, name, params, outcome)
             except LoaderError as exc:
                 raise TaskFailure(str(exc), changed=outcome["changed"], actions=outcome["actions"],

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: kpatch.livepatch contributors
-# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v2.0 or later; by its "any later version" clause that includes
+# version 3 (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module kpatch_info: report a host's livepatch state as query-friendly facts."""
 
 from __future__ import absolute_import, division, print_function
@@ -19,7 +20,7 @@ description:
   - Changes nothing; needs only Python's standard library on the host.
 version_added: 0.1.0
 author:
-  - kpatch.livepatch contributors
+  - kpatch.livepatch contributors (@kpatch-livepatch)
 options:
   install_dir:
     description:
@@ -89,6 +90,10 @@ patches:
       type: str
     module_taint:
       description: The module's taint letters from C(/sys/module/<name>/taint).
+      type: str
+    loaded_sha256:
+      description: SHA-256 of the file the patch was loaded from, when M(kpatch.livepatch.kpatch)
+        or the boot service loaded it during this boot; else null.
       type: str
     installed_path:
       description: The installed file for the running kernel, if any.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.testbed.fixtures import debian_image, debian_vm  # noqa: F401  (re-exported fixtures)
+from tests.testbed.fixtures import debian_image, debian_vm, debian_vm_factory  # noqa: F401  (fixtures)
 from tests.testbed.kernels import DEFAULT_RELEASE, fetch_kernel
 
 
@@ -22,3 +22,14 @@ def kernel_6_12():
 def any_kernel(request):
     """Each testbed release in turn."""
     return fetch_kernel(request.param)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the patch-corpus table of each release the run covered (tests/integration/test_corpus.py)."""
+    import sys
+
+    corpus = sys.modules.get("tests.integration.corpus_run")
+    tables = getattr(corpus, "TABLES", {}) if corpus else {}
+    for release, text in sorted(tables.items()):
+        terminalreporter.write_sep("=", f"patch corpus {release}")
+        terminalreporter.write(text)

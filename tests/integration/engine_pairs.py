@@ -32,6 +32,13 @@ SUBSTITUTIONS: Dict[str, Tuple[str, str, str]] = {
     "sched_core": ("kernel/sched/core.c", 'pr_info("task:%-15.15s state:%c", p->comm',
                    'pr_info("task:%-15.15s state=%c", p->comm'),
     "ext4_inode": ("fs/ext4/inode.c", '"iget: bogus i_mode (%o)"', '"iget: bogus inode mode (%o)"'),
+    "binfmt_misc": ("fs/binfmt_misc.c", 'char *s = enabled ? "enabled\\n" : "disabled\\n";',
+                    'char *s = enabled ? "ENABLED\\n" : "DISABLED\\n";'),
+    # lines added at the top: every __LINE__ below moves, no function changes
+    "lineshift_sched": ("kernel/sched/core.c", "// SPDX-License-Identifier: GPL-2.0-only\n",
+                        "// SPDX-License-Identifier: GPL-2.0-only\n/* shifted */\n\n"),
+    "lineshift_dev": ("net/core/dev.c", "// SPDX-License-Identifier: GPL-2.0-or-later\n",
+                      "// SPDX-License-Identifier: GPL-2.0-or-later\n/* shifted */\n\n"),
 }
 
 

@@ -103,7 +103,7 @@ def test_dev_valid_name_change_patches_exactly_that_function(kernel_6_1, vmlinux
 def test_dev_remove_pack_cold_child_change_succeeds(kernel_6_1, vmlinux_symtab, sizes, tmp_path):
     result, out = diff("dev_remove_pack", kernel_6_1, vmlinux_symtab, sizes, tmp_path)
     assert result.changed_functions == ["__dev_remove_pack"]
-    assert result.promoted_parents == ["__dev_remove_pack"]  # only its .cold part differed
+    assert result.promoted == ["__dev_remove_pack"]  # only its .cold part differed
     cold = [s for s in out.symbols if s.name == "__dev_remove_pack.cold"]
     assert cold and cold[0].section is not None
     strings = b"".join(s.data for s in out.sections if ".str" in s.name)
@@ -129,21 +129,25 @@ def test_cli_with_readelf_text_symtab(kernel_6_1, sizes, tmp_path):
 
 
 def _sizes_6_12(kernel):
-    """Special-struct sizes from the 6.12 DWARF (6.12 has no paravirt_patch_site any more)."""
+    """Special-struct sizes from the 6.12 DWARF, cached; 6.12 has no paravirt_patch_site any more
+    (``special_struct_sizes`` still demands it when CONFIG_PARAVIRT=y), so it is left out."""
+    import json
     from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import (
-        SPECIAL_STRUCTS,
         required_structs,
+        sizes_with_pyelftools,
     )
-    try:
-        return special_struct_sizes(kernel.vmlinux, kernel.release, cache_root() / "struct-sizes", kernel.config)
-    except Exception:  # pylint: disable=broad-except  # the helper demands PARA on 6.12; measure the rest
-        from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import (
-            sizes_with_pyelftools,
-        )
-        wanted = {k: v for k, v in required_structs(kernel.config).items() if k != "PARA"}
-        by_name = sizes_with_pyelftools(kernel.vmlinux, wanted.values())
-        assert SPECIAL_STRUCTS
-        return {k: by_name[name] for k, name in wanted.items() if name in by_name}
+    cache = cache_root() / "struct-sizes" / f"engine-tests-{kernel.release}.json"
+    stamp = kernel.vmlinux.stat().st_mtime_ns
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("stamp") == stamp:
+            return data["sizes"]
+    wanted = {k: v for k, v in required_structs(kernel.config).items() if k != "PARA"}
+    by_name = sizes_with_pyelftools(kernel.vmlinux, wanted.values())
+    sizes = {k: by_name[name] for k, name in wanted.items() if name in by_name}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"stamp": stamp, "sizes": sizes}))
+    return sizes
 
 
 def test_call_padding_kernel_meminfo(kernel_6_12, tmp_path):
@@ -162,3 +166,31 @@ def test_call_padding_kernel_meminfo(kernel_6_12, tmp_path):
     assert [r.sym.name for r in obj.section_by_name()["__mcount_loc"].rela.relocations] == ["meminfo_proc_show"]
     funcs = decode_funcs(obj)
     assert [(f["name"], f["new"]) for f in funcs] == [("meminfo_proc_show", "meminfo_proc_show")]
+
+
+@pytest.mark.parametrize("pair_name", ["lineshift_sched", "lineshift_dev"])
+def test_lines_added_above_everything_change_nothing(kernel_6_1, vmlinux_symtab, sizes, tmp_path, pair_name):
+    """Hundreds of functions see their __LINE__ values move; none of them may be reported."""
+    pair = build_pair(pair_name, kernel_6_1)
+    assert pair.orig.read_bytes() != pair.patched.read_bytes()
+    result = create_diff_object(str(pair.orig), str(pair.patched), "vmlinux", vmlinux_symtab,
+                                str(kernel_6_1.headers / "Module.symvers"), "livepatch_test",
+                                str(tmp_path / "out.o"), sizes)
+    assert result.changed_functions == [] and result.new_functions == []
+    assert not (tmp_path / "out.o").exists()
+
+
+def test_module_parent_binfmt_misc(kernel_6_1, sizes, tmp_path):
+    """Patching a module: its .ko is the parent; its locals become klp relocations to that module."""
+    pair = build_pair("binfmt_misc", kernel_6_1)
+    parent = kernel_6_1.modules_dir / "kernel" / "fs" / "binfmt_misc.ko"
+    symtab = load_parent_symtab(str(parent), "binfmt_misc")
+    out = tmp_path / "binfmt.o"
+    result = create_diff_object(str(pair.orig), str(pair.patched), "binfmt_misc", symtab,
+                                str(kernel_6_1.headers / "Module.symvers"), "livepatch_test", str(out), sizes)
+    assert result.changed_functions == ["bm_status_read"]
+    obj = read_elf(str(out))
+    assert [(f["name"], f["objname"]) for f in decode_funcs(obj)] == [("bm_status_read", "binfmt_misc")]
+    klp = decode_klp_relocations(obj)
+    assert klp and {r["objname"] for r in klp} == {"binfmt_misc"}
+    assert "enabled" in {r["name"] for r in klp}

@@ -50,7 +50,8 @@ class Ansible:
                    ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="task_results",
                    KPATCH_TASK_RESULTS=str(results))
         proc = subprocess.run([str(PLAYBOOK), "-i", str(inventory), str(book), *(extra_args or [])],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                              check=False)
         rows = [json.loads(line) for line in results.read_text().splitlines()] \
             if results.exists() else []
         # Ansible drops "failed" from the result it hands to callbacks; the status keeps it.
@@ -165,12 +166,16 @@ def test_load_effect_idempotent_unload(ansible: Ansible, vm: DebianVM, mods):
     info = ansible.info()
     q = jmespath.search("patches[?name=='livepatch_sample'] | [0]", info)
     assert q["enabled"] is True and q["transition"] is False and q["module_loaded"] is True
+    assert q["loaded_sha256"] == sha256(built.sample)
     assert jmespath.search("objects[0].functions[].name", q) == ["cmdline_proc_show"]
     assert "livepatch" in info["taint"]["names"]
     assert info["stalled_tasks"] == []
 
     again = ansible.kpatch(src=built.sample, state="loaded")
     assert again["changed"] is False and again["transferred"] is False, again
+    other_build = ansible.kpatch(src=built.sample_v2, state="loaded")
+    assert other_build["failed"] and "different build of livepatch_sample" in other_build["msg"]
+    assert sh(vm, "cat /proc/cmdline") == SAMPLE_TEXT
 
     res = ansible.kpatch(name="livepatch-sample", state="unloaded")
     assert res["changed"] is True and res["loaded"] == [], res

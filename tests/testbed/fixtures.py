@@ -1,6 +1,7 @@
 """pytest fixtures for the full-VM testbed: the cached Debian image and a session-wide VM.
 
-Import them into a conftest (``from tests.testbed.fixtures import debian_image, debian_vm``).
+Import them into a conftest (``from tests.testbed.fixtures import debian_image, debian_vm,
+debian_vm_factory``).
 The session VM is booted once, on first use, and killed by the fixture's finalizer however the
 session ends (the qemu process also dies with pytest and at its hard timeout).
 """
@@ -8,7 +9,8 @@ session ends (the qemu process also dies with pytest and at its hard timeout).
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -38,3 +40,26 @@ def debian_vm(debian_image: DebianImage, tmp_path_factory: pytest.TempPathFactor
         yield vm
     finally:
         vm.close()
+
+
+@pytest.fixture
+def debian_vm_factory(debian_image: DebianImage, tmp_path: Path) -> Iterator[Callable[..., DebianVM]]:
+    """Boots extra VMs for one test (e.g. a small fleet); all are killed when the test ends.
+
+    ``factory(name="vm2", image=None, release=None, append="")`` returns a booted DebianVM.
+    """
+    vms: List[DebianVM] = []
+
+    def factory(name: str = "vm", image: Optional[DebianImage] = None, **kwargs) -> DebianVM:
+        kwargs.setdefault("hard_timeout", 1800.0)
+        vm = DebianVM(image or debian_image, name=name, workdir=tmp_path / f"vm-{name}", **kwargs)
+        vms.append(vm)
+        vm.start()
+        vm.wait_ssh()
+        return vm
+
+    try:
+        yield factory
+    finally:
+        for vm in vms:
+            vm.close()

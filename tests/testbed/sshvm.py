@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from tests.testbed.image import DebianImage
+from tests.testbed.image import READY_MARK, DebianImage
 from tests.testbed.kernels import KernelArtifacts, TestbedError, log
 from tests.testbed.vm import start_qemu, stop_qemu
 
@@ -40,6 +41,7 @@ SSH_OPTIONS = (
     "-o", "ServerAliveCountMax=6",
 )
 _PR_SET_PDEATHSIG = 1
+BLIND_PROBE_INTERVAL = 120.0  # fallback only: the serial announcement is the normal signal
 
 
 class VMError(TestbedError):
@@ -58,7 +60,11 @@ def free_loopback_port() -> int:
 
 
 class DebianVM:
-    """One booted Debian VM reachable as root over SSH on a loopback port."""
+    """One booted Debian VM reachable as root over SSH on a loopback port.
+
+    The port stays the same across ``reboot()`` and ``restart()`` (unless another process
+    took it while qemu was down), so an inventory written once stays valid.
+    """
 
     def __init__(self, image: DebianImage, release: Union[str, KernelArtifacts, None] = None, append: str = "",
                  memory_mb: int = 1024, hard_timeout: float = 1800.0, name: str = "vm",
@@ -82,8 +88,10 @@ class DebianVM:
         self.boot_seconds: Optional[float] = None
         self._proc: Optional[subprocess.Popen] = None
         self._timer: Optional[threading.Timer] = None
-        self._deadline = 0.0
+        self._timed_out = False
         self._booted_at = 0.0
+        self._serial_offset = 0
+        self._last_probe = "no probe yet"
         self.boot_id: Optional[str] = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -106,12 +114,13 @@ class DebianVM:
         if not self.overlay.exists():
             self.image.create_overlay(self.overlay)
         if self._timer is None:
-            self._deadline = time.monotonic() + self.hard_timeout
             self._timer = threading.Timer(self.hard_timeout, self._hard_timeout_expired)
             self._timer.daemon = True
             self._timer.start()
-        for _attempt in range(3):
-            self.port = free_loopback_port()
+        for attempt in range(3):
+            # Keep the port across restarts so inventories written earlier stay valid.
+            if attempt or not self.port:
+                self.port = free_loopback_port()
             self._launch()
             if not self._lost_port_race():
                 return self
@@ -144,7 +153,8 @@ class DebianVM:
         return [
             "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(self.memory_mb), "-smp", "1",
             "-nodefaults", "-display", "none", "-monitor", "none", "-no-user-config",
-            "-serial", f"file:{self.serial_log}",
+            # append=on: a restart keeps the earlier boots' console output in the same log.
+            "-chardev", f"file,id=serial0,path={self.serial_log},append=on", "-serial", "chardev:serial0",
             "-kernel", str(boot.vmlinuz), "-initrd", str(boot.initrd), "-append", cmdline,
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
@@ -155,13 +165,14 @@ class DebianVM:
     def _launch(self) -> None:
         log(f"vm {self.name}: booting {self.release} (ssh port {self.port}, append={self.append!r})")
         self._booted_at = time.monotonic()
+        self._mark_serial_position()
         with open(self.qemu_log, "w") as err:
             self._proc = start_qemu(self._qemu_args(), stdin=subprocess.DEVNULL, stdout=err,
                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
     def _lost_port_race(self) -> bool:
         """qemu exits at once if another process took the port between our probe and its bind."""
-        for _ in range(10):
+        for _tick in range(10):
             if self._proc.poll() is not None:
                 text = self._qemu_stderr()
                 if "forward" in text.lower():
@@ -172,6 +183,7 @@ class DebianVM:
 
     def _hard_timeout_expired(self) -> None:
         log(f"vm {self.name}: hard timeout of {self.hard_timeout:.0f}s reached, killing qemu")
+        self._timed_out = True
         if self._proc is not None:
             stop_qemu(self._proc)
 
@@ -184,7 +196,12 @@ class DebianVM:
         return "\n".join(self.serial_log.read_text(errors="replace").splitlines()[-lines:])
 
     def _fail(self, what: str) -> VMError:
-        state = "running" if self.running else f"qemu exited ({self._qemu_stderr() or 'no message'})"
+        if self.running:
+            state = "running"
+        elif self._timed_out:
+            state = f"qemu killed at its hard timeout of {self.hard_timeout:.0f}s"
+        else:
+            state = f"qemu exited ({self._qemu_stderr() or 'no message'})"
         return VMError(f"{self.name}: {what}; {state}; serial console tail:\n{self.serial_tail()}")
 
     # ----------------------------------------------------------------- ssh
@@ -195,56 +212,73 @@ class DebianVM:
             cmd += ["-o", f"ControlPath={self.control_path}", "-o", "ControlMaster=no"]
         return cmd + ["root@127.0.0.1"]
 
-    def _banner_ready(self) -> bool:
-        """True once the guest's sshd greets: qemu's port forward accepts TCP even while the
-        guest is still booting, so only the "SSH-" banner tells that sshd is really there."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                sock.settimeout(3)
-                return sock.recv(4) == b"SSH-"
-        except OSError:
-            return False
+    def _mark_serial_position(self) -> None:
+        """Only console output written after this point counts as the next boot's."""
+        self._serial_offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+
+    def _announced_boot_ids(self) -> List[str]:
+        """Boot ids the guest announced on ttyS0 (sshd up) since the marked position."""
+        if not self.serial_log.exists():
+            return []
+        with open(self.serial_log, "rb") as fh:
+            fh.seek(self._serial_offset)
+            text = fh.read().decode(errors="replace")
+        return re.findall(rf"{READY_MARK} boot_id=([0-9a-f-]+)", text)
 
     def _probe(self) -> Optional[str]:
-        """The guest's boot id if root can log in over SSH now, else None."""
+        """The guest's boot id if root can log in over SSH now, else None (reason kept for errors)."""
+        # Generous timeouts: under TCG on a loaded host a handshake can take many seconds, and
+        # abandoning it only to retry at once would pile up work for the guest's sshd.
+        cmd = self.ssh_base(multiplex=False, extra=("-o", "ConnectTimeout=30")) + ["cat /proc/sys/kernel/random/boot_id"]
         try:
-            proc = subprocess.run(self.ssh_base(multiplex=False, extra=("-o", "ConnectTimeout=10"))
-                                  + ["cat /proc/sys/kernel/random/boot_id"],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+                                  check=False)
         except subprocess.TimeoutExpired:
+            self._last_probe = "ssh probe timed out after 90s"
             return None
+        self._last_probe = f"ssh exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
         return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
 
     def wait_ssh(self, timeout: Optional[float] = None, not_boot_id: Optional[str] = None) -> float:
-        """Wait until root can log in over SSH (and, if given, the boot id changed); returns seconds."""
+        """Wait until root can log in over SSH (and, if given, the boot id changed); returns seconds.
+
+        Connects only once the guest announced sshd on the serial console, plus a rare blind
+        try in case the announcement was missed.
+        """
         limit = time.monotonic() + (timeout or self.boot_timeout)
+        last_try = time.monotonic()
         while time.monotonic() < limit:
             if not self.running:
                 raise self._fail("qemu is not running while waiting for SSH")
-            boot_id = self._probe() if self._banner_ready() else None
-            if boot_id and boot_id != not_boot_id:
-                self.boot_id = boot_id
-                self.boot_seconds = round(time.monotonic() - self._booted_at, 1)
-                self._start_master()
-                log(f"vm {self.name}: SSH up {self.boot_seconds}s after qemu start")
-                return self.boot_seconds
-            time.sleep(1)
-        raise self._fail(f"SSH did not answer within {timeout or self.boot_timeout:.0f}s")
+            announced = [b for b in self._announced_boot_ids() if b != not_boot_id]
+            if announced or time.monotonic() - last_try > BLIND_PROBE_INTERVAL:
+                last_try = time.monotonic()
+                boot_id = self._probe()
+                if boot_id and boot_id != not_boot_id:
+                    self.boot_id = boot_id
+                    self.boot_seconds = round(time.monotonic() - self._booted_at, 1)
+                    self._start_master()
+                    log(f"vm {self.name}: SSH up {self.boot_seconds}s after boot start")
+                    return self.boot_seconds
+            time.sleep(0.5)
+        raise self._fail(f"SSH did not answer within {timeout or self.boot_timeout:.0f}s (boots announced since "
+                         f"the wait began: {self._announced_boot_ids() or 'none'}; last probe: {self._last_probe})")
 
     def _start_master(self) -> None:
         # A persistent master makes each later ssh() a cheap channel instead of a new TCG-slow
         # handshake.  -f daemonises it; its output goes to a file so no pipe is held open.
         self._stop_master()
         with open(self.workdir / "ssh-master.log", "a") as err:
-            subprocess.run(["ssh", "-f", "-N", *self.ssh_base(multiplex=False, extra=(
-                            "-o", f"ControlPath={self.control_path}", "-o", "ControlMaster=yes",
-                            "-o", "ControlPersist=yes", "-o", "ConnectTimeout=20"))],
-                           stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=60)
+            base = self.ssh_base(multiplex=False, extra=(
+                "-o", f"ControlPath={self.control_path}", "-o", "ControlMaster=yes",
+                "-o", "ControlPersist=yes", "-o", "ConnectTimeout=30"))
+            subprocess.run([base[0], "-f", "-N", *base[1:]],
+                           stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=60, check=False)
 
     def _stop_master(self) -> None:
         if self.control_path.exists():
             subprocess.run(["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit", "root@127.0.0.1"],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
             self.control_path.unlink(missing_ok=True)
 
     def ssh(self, cmd: Union[str, Sequence[str]], check: bool = False, timeout: float = 300,
@@ -254,7 +288,7 @@ class DebianVM:
             raise self._fail("ssh() on a VM that is not running")
         command = cmd if isinstance(cmd, str) else shlex.join(cmd)
         proc = subprocess.run(self.ssh_base() + [command], input=input, capture_output=True, text=True,
-                              errors="replace", timeout=timeout,
+                              errors="replace", timeout=timeout, check=False,
                               stdin=None if input is not None else subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise VMError(f"{self.name}: `{command}` exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
@@ -265,7 +299,7 @@ class DebianVM:
                "-o", f"ControlPath={self.control_path}", "-o", "ControlMaster=no"]
         cmd += ["-r"] if recursive else []
         proc = subprocess.run(cmd + sources + [dest], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=600)
+                              text=True, timeout=600, check=False)
         if proc.returncode != 0:
             raise VMError(f"{self.name}: scp {' '.join(sources)} -> {dest} failed: {proc.stderr.strip()}")
 
@@ -283,6 +317,7 @@ class DebianVM:
         """Clean guest reboot (``systemctl reboot``); qemu boots the same kernel and cmdline again."""
         old = self.ssh("cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip()
         self._booted_at = time.monotonic()
+        self._mark_serial_position()
         self.ssh("systemctl reboot", timeout=60)
         self._stop_master()
         return self.wait_ssh(timeout, not_boot_id=old)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import SHN_UNDEF, STB_GLOBAL, STB_LOCAL
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
 
@@ -186,7 +188,7 @@ def test_changed_cold_child_is_included_with_its_parent(tmp_path):
     assert b"split.cold" in case.orig.read_bytes(), "gcc did not split a .cold part; test premise broken"
     run_engine(case)
     assert case.result.changed_functions == ["split"]
-    assert case.result.promoted_parents == ["split"]
+    assert case.result.promoted == ["split"]
     assert "split.cold" in case.symbol_names()
     cold = [s for s in case.output.symbols if s.name == "split.cold"][0]
     assert cold.shndx != SHN_UNDEF and cold.section is not None
@@ -195,7 +197,7 @@ def test_changed_cold_child_is_included_with_its_parent(tmp_path):
 
 def test_changed_parent_takes_its_unchanged_cold_child(tmp_path):
     case = run_engine(make_case(tmp_path, COLD, COLD.replace("x * 3", "x * 4")))
-    assert case.result.changed_functions == ["split"] and case.result.promoted_parents == []
+    assert case.result.changed_functions == ["split"] and case.result.promoted == []
     assert "split.cold" in case.symbol_names()
     assert not any(r["name"] == "split.cold" for r in case.klp_relocations())
 
@@ -279,3 +281,142 @@ def test_call_padding_functions_are_bundled_and_diffed(tmp_path):
     helper = [r for r in case.klp_relocations() if r["name"] == "helper"]
     assert helper and helper[0]["addend"] == -4
     assert [(r.offset, r.sym.name) for r in case.relocations("__mcount_loc")] == [(0, "target")]
+
+
+CONST_TABLE = r"""
+static const int weights[4] = { 3, 5, 7, 11 };
+int weigh(int i) { return weights[i & 3]; }
+int unrelated(int x) { return x + 1; }
+"""
+
+
+def test_changed_const_table_patches_its_readers(tmp_path):
+    case = run_engine(make_case(tmp_path, CONST_TABLE, CONST_TABLE.replace("7, 11", "7, 13")))
+    assert case.result.changed_functions == ["weigh"] and case.result.promoted == ["weigh"]
+    table = case.sections()[".rodata.weights"]
+    assert struct.unpack("<4i", table.data) == (3, 5, 7, 13)
+    # the new copy is used directly, not the kernel's old table
+    assert any(r.sym.name == "weights" and r.sym.section is not None for r in case.relocations(".text.weigh"))
+
+
+# Each snippet gives `user` a reference to one kind of special static.
+SPECIAL_STATICS = {
+    "__func__": ("__func__", 'const char *user(int x) { _printk("%d", x); return __func__; }\n'),
+    "CSWTCH": ("CSWTCH", "int user(int x) { switch (x) { case 0: return 11; case 1: return 27; case 2: return 43;"
+                         " case 3: return 91; case 4: return 5; default: return 0; } }\n"),
+    "_rs": ("_rs", "int user(int x) { static struct { int burst; int interval; } _rs = { 10, 5 };"
+                   " _rs.burst += x; return _rs.burst; }\n"),
+    "__key": ("__key", "int *user(int x) { static int __key; __key += x; return &__key; }\n"),
+    "__warned": ("__warned", "int user(int x) { static int __warned; if (!__warned) __warned = x; return 1; }\n"),
+    "ddebug": ("__UNIQUE_ID_ddebug", "static int __UNIQUE_ID_ddebug42 __attribute__((used, section(\"__dyndbg\")))"
+                                     " = 1;\nint user(int x) { return __UNIQUE_ID_ddebug42 + x; }\n"),
+    ".data.once": ("once_flag", "static int once_flag __attribute__((section(\".data.once\")));\n"
+                                "int user(int x) { if (!once_flag) once_flag = x; return 2; }\n"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SPECIAL_STATICS))
+def test_special_statics_get_fresh_copies(tmp_path, kind):
+    prefix, src = SPECIAL_STATICS[kind]
+    patched = src.replace("return 1;", "return 3;").replace("return 2;", "return 4;") \
+                 .replace("_printk(\"%d\"", "_printk(\"%d!\"").replace("return 0;", "return -1;") \
+                 .replace("+= x;", "+= 2 * x;").replace("+ x;", "- x;")
+    assert patched != src
+    case = make_case(tmp_path, src, patched)
+    assert prefix.encode() in case.orig.read_bytes()
+    run_engine(case)
+    assert case.result.changed_functions == ["user"]
+    assert not [r for r in case.klp_relocations() if r["name"].startswith(prefix)], case.klp_relocations()
+    defined = [s for s in case.output.symbols if s.name.startswith(prefix) and s.section is not None]
+    assert defined, "the special static must live in the patch module"
+
+
+FUNC_LINE = r"""
+extern void report_error(const char *func, unsigned int line, int err, int flags);
+#define STR2(x) #x
+#define STR(x) STR2(x)
+int checker(int x)
+{
+    if (x > 100)
+        report_error(__func__, __LINE__, 5, 0);
+    if (x < -100)
+        _printk("bad value at %s:%d\n", __FILE__, __LINE__);
+    if (x == 42)
+        _printk("trace " __FILE__ ":" STR(__LINE__) "\n");
+    return x - 3;
+}
+"""
+FUNC_LINE_EXPORTS = ("__fentry__", "_printk", "report_error")
+
+
+def test_moved_lines_next_to_func_and_file_are_not_a_change(tmp_path):
+    case = run_engine(make_case(tmp_path, FUNC_LINE, "\n\n\n\n\n" + FUNC_LINE, exports=FUNC_LINE_EXPORTS))
+    assert not case.result.has_changes, case.result.changed_functions
+
+
+def test_changed_argument_beside_a_line_number_is_a_change(tmp_path):
+    case = run_engine(make_case(tmp_path, FUNC_LINE, FUNC_LINE.replace("__LINE__, 5, 0)", "__LINE__, 6, 0)"),
+                                exports=FUNC_LINE_EXPORTS))
+    assert case.result.changed_functions == ["checker"]
+
+
+def test_changed_argument_plus_moved_lines_is_a_change(tmp_path):
+    patched = "\n\n" + FUNC_LINE.replace("__LINE__, 5, 0)", "__LINE__, 5, 1)")
+    case = run_engine(make_case(tmp_path, FUNC_LINE, patched, exports=FUNC_LINE_EXPORTS))
+    assert case.result.changed_functions == ["checker"]
+
+
+PART = r"""
+extern void heavy(int);
+static int work(int x)
+{
+    if (__builtin_expect(x == 0, 1))
+        return 0;
+    heavy(x); heavy(x + 1); heavy(x + 2); heavy(x + 3); heavy(x + 4);
+    heavy(x + 5); heavy(x + 6); heavy(x + 7); heavy(x + 8); heavy(x + 9);
+    return 1;
+}
+int caller_a(int x) { return work(x) + 1; }
+int caller_b(int x) { return work(x * 2) + 2; }
+"""
+
+
+def test_changed_part_clone_without_parent_is_patched_itself(tmp_path):
+    """gcc split ``work`` into inlined fast paths and ``work.part.0`` and dropped ``work``: the
+    part has its own fentry call, so it is patched directly and its callers stay untouched."""
+    case = make_case(tmp_path, PART, PART.replace("heavy(x + 9)", "heavy(x + 10)"),
+                     exports=("__fentry__", "heavy"))
+    names = [s.name for s in read_elf(str(case.orig)).symbols]
+    assert "work.part.0" in names and "work" not in names, "gcc did not split work; test premise broken"
+    run_engine(case)
+    assert case.result.changed_functions == ["work.part.0"] and case.result.promoted == []
+    assert [(f["name"], f["sympos"]) for f in case.funcs()] == [("work.part.0", 0)]
+
+
+def test_changed_part_clone_promotes_its_parent_and_every_caller(tmp_path):
+    """With ``work`` kept, ``work.part.0`` is its child: the parent and every function the fast
+    path was inlined into (they call the part directly) get new copies."""
+    src = PART.replace("static int work", "int work")
+    case = make_case(tmp_path, src, src.replace("heavy(x + 9)", "heavy(x + 10)"), exports=("__fentry__", "heavy"))
+    assert b"work.part.0" in case.orig.read_bytes()
+    run_engine(case)
+    assert sorted(case.result.changed_functions) == ["caller_a", "caller_b", "work"]
+    assert sorted(case.result.promoted) == ["caller_a", "caller_b", "work"]
+    part = [s for s in case.output.symbols if s.name == "work.part.0"]
+    assert part and part[0].section is not None
+    # every call to the part in the new copies reaches the module's new part
+    for func in ("caller_a", "caller_b", "work"):
+        calls = [r for r in case.relocations(".text." + func) if r.sym.name == "work.part.0"]
+        assert calls and all(r.sym.section is not None for r in calls), func
+
+
+def test_call_padding_new_function_is_accepted(tmp_path):
+    """A new function adds a __patchable_function_entries entry; that table is compiler bookkeeping, not kernel data."""
+    padding = ["-fpatchable-function-entry=16,16"]
+    patched = BASE.replace("int target(int x)", "__attribute__((noinline)) int brand_new(int y) { return y * 11; }\n"
+                           "int target(int x)").replace("return helper(x) + 1;", "return helper(x) + brand_new(x);")
+    case = make_case(tmp_path, BASE, patched, flags=padding)
+    assert b"__patchable_function_entries" in case.orig.read_bytes()
+    run_engine(case)
+    assert case.result.changed_functions == ["target"] and case.result.new_functions == ["brand_new"]
+    assert "__patchable_function_entries" not in case.sections()

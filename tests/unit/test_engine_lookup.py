@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import STB_GLOBAL, STB_LOCAL, STT_FUNC
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
-    LookupError_,
+    SymbolLookupError,
     ParentSymtab,
     load_parent_symtab,
     module_objname,
@@ -92,7 +92,7 @@ def test_ambiguous_file_block_is_an_error(tmp_path):
             compile_c("static int solo(int x) { return -x; }\nint pub2(int x) { return solo(x); }\n",
                       tmp_path / "two")]
     symtab = load_parent_symtab(str(link_parent(objs, tmp_path / "parent.o")), "vmlinux")
-    with pytest.raises(LookupError_) as info:
+    with pytest.raises(SymbolLookupError) as info:
         symtab.select_file_block("x.c", ["unrelated_name"])
     assert "2 'x.c' files" in str(info.value)
 
@@ -105,7 +105,7 @@ def test_symvers_parsing_and_errors(tmp_path):
     assert exports["nf_foo"].export_type == "EXPORT_SYMBOL_GPL"
     bad = tmp_path / "bad.symvers"
     bad.write_text("0x1 printk vmlinux\n")
-    with pytest.raises(LookupError_) as info:
+    with pytest.raises(SymbolLookupError) as info:
         read_symvers(str(bad))
     assert "bad.symvers:1" in str(info.value)
 
@@ -124,12 +124,26 @@ def test_symbol_exported_by_the_parent_module_needs_klp(tmp_path):
     assert entry and entry[0]["objname"] == "my_mod"
 
 
-def test_symbol_exported_by_another_module_stays_ordinary(tmp_path):
+def test_symbol_exported_by_another_module_is_an_external_klp_relocation(tmp_path):
+    """A module patch must load before the module it patches, so it cannot depend on that
+    module's dependencies either: their exports are resolved when the patched module loads."""
+    src = "extern int other_export;\nint use_it(void) { return other_export + 1; }\n"
+    case = make_case(tmp_path, src, src.replace("+ 1", "+ 2"))
+    case.symvers.write_text("0x0\t__fentry__\tvmlinux\tEXPORT_SYMBOL\t\n"
+                            "0x0\tother_export\tdrivers/other-dep\tEXPORT_SYMBOL\t\n")
+    run_engine(case, parent_name="my_mod")
+    assert not any(r.sym.name == "other_export" for r in case.relocations(".text.use_it"))
+    [entry] = [r for r in case.klp_relocations() if r["name"] == "other_export"]
+    assert (entry["objname"], entry["sympos"], entry["external"], entry["rel_objname"]) == \
+        ("other_dep", 0, 1, "my_mod")
+
+
+def test_module_export_seen_from_vmlinux_stays_ordinary(tmp_path):
     src = "extern int other_export;\nint use_it(void) { return other_export + 1; }\n"
     case = make_case(tmp_path, src, src.replace("+ 1", "+ 2"))
     case.symvers.write_text("0x0\t__fentry__\tvmlinux\tEXPORT_SYMBOL\t\n"
                             "0x0\tother_export\tdrivers/other\tEXPORT_SYMBOL\t\n")
-    run_engine(case, parent_name="my_mod")
+    run_engine(case)
     assert any(r.sym.name == "other_export" for r in case.relocations(".text.use_it"))
     assert not case.klp_relocations()
 
@@ -138,5 +152,5 @@ def test_parent_symtab_built_directly():
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import ParentSymbol
     syms = [ParentSymbol("f.c", 0, 0, STB_LOCAL, 4, False, 1), ParentSymbol("g", 0x10, 4, STB_LOCAL, 2, True, 2)]
     table = ParentSymtab(syms, "vmlinux")
-    with pytest.raises(LookupError_):
+    with pytest.raises(SymbolLookupError):
         table.select_file_block("nope.c", [])

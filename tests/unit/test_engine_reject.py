@@ -168,3 +168,9 @@ int use_anon(int x) { int v; asm("movl .data.anon(%%rip), %0" : "=r"(v)); return
 """
     msg = rejection(tmp_path, src, src.replace("v + x", "v - x"))
     assert "anonymous data in the existing data section .data.anon" in msg and "copy" in msg
+
+
+def test_function_sharing_a_section_is_rejected(tmp_path):
+    src = "int one(int x) { return x + 1; }\nint two(int x) { return x + 2; }\n"
+    msg = rejection(tmp_path, src, src.replace("x + 2", "x + 3"), flags=["-fno-function-sections"])
+    assert "changed function two shares section .text with other code" in msg and "-ffunction-sections" in msg

@@ -132,3 +132,39 @@ def test_struct_sizes_from_environment():
     with pytest.raises(SpecialSectionError) as info:
         struct_sizes_from_env({"ORC_STRUCT_SIZE": "six"})
     assert "ORC_STRUCT_SIZE" in str(info.value)
+
+
+PRINTK_INDEX = r"""
+struct pi_entry { const char *fmt; const char *func; const char *file; unsigned int line;
+                  const char *level; const char *subsys_fmt_prefix; } __attribute__((packed));
+#define INDEXED_PRINTK(fmt, ...) ({ \
+    static const struct pi_entry _entry __attribute__((used)) = \
+        { fmt, __func__, __FILE__, __LINE__, "\001" "6", 0 }; \
+    static const struct pi_entry *_entry_ptr __attribute__((used, section(".printk_index"))) = &_entry; \
+    _printk(fmt, ##__VA_ARGS__); })
+int loud(int x) { INDEXED_PRINTK("loud %d\n", x); return x + 1; }
+int quiet(int x) { INDEXED_PRINTK("quiet %d\n", x); return x + 2; }
+"""
+
+
+def test_printk_index_keeps_the_entries_of_included_functions(tmp_path):
+    case = make_case(tmp_path, PRINTK_INDEX, PRINTK_INDEX.replace("x + 1", "x + 10"))
+    run_engine(case)
+    assert case.result.changed_functions == ["loud"]
+    index = case.sections()[".printk_index"]
+    assert index.size == 8 and case.result.special_kept[".printk_index"] == 1
+    entry = case.relocations(".printk_index")[0].sym
+    assert entry.name.startswith("_entry") and entry.section is not None
+    assert entry.size == TEST_STRUCT_SIZES["PRINTK_INDEX"]
+    # the kept pi_entry's func pointer names loud
+    func_reloc = [r for r in entry.section.rela.relocations if r.offset == entry.value + 8][0]
+    data = func_reloc.sym.section.data
+    start = func_reloc.sym.value + func_reloc.addend
+    assert data[start:data.index(b"\0", start)] == b"loud"
+
+
+def test_printk_index_entry_size_is_checked(tmp_path):
+    case = make_case(tmp_path, PRINTK_INDEX, PRINTK_INDEX.replace("x + 1", "x + 10"))
+    with pytest.raises(PatchRejected) as info:
+        run_engine(case, struct_sizes=dict(TEST_STRUCT_SIZES, PRINTK_INDEX=40))
+    assert "struct pi_entry is 40 bytes (PRINTK_INDEX_STRUCT_SIZE)" in str(info.value)

@@ -26,7 +26,7 @@ def mods():
 def kmod_field(path: Path, field: str) -> list:
     proc = subprocess.run(["modinfo", "-F", field, str(path)], capture_output=True, text=True,
                           check=True)
-    return [line for line in proc.stdout.splitlines()]
+    return proc.stdout.splitlines()
 
 
 def kmod_fields(path: Path) -> dict:

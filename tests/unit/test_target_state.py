@@ -83,6 +83,18 @@ def test_different_build_loaded_is_refused():
         plan(h, Desired("loaded", "lp", REL, src), DEST)
 
 
+def test_different_build_by_sha256_is_refused():
+    h = HostState(release=REL, livepatch_supported=True,
+                  patches={"lp": LivePatch("lp", True, False, None)},
+                  modules={"lp": KernelModule("lp", "OEK", None, 0)},
+                  loaded_sha256={"lp": "old"})
+    with pytest.raises(PlanError, match="different build of lp is loaded .sha256 old"):
+        plan(h, Desired("loaded", "lp", REL, SRC), DEST)
+    same = HostState(release=REL, livepatch_supported=True, patches=h.patches, modules=h.modules,
+                     loaded_sha256={"lp": SRC.sha256})
+    assert plan(same, Desired("loaded", "lp", REL, SRC), DEST) == []
+
+
 def test_unloaded_steps():
     assert actions(plan(host(patches=[("lp", True, False)]), Desired("unloaded", "lp", REL), DEST)) \
         == [("unload", "lp")]

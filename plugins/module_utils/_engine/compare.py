@@ -14,12 +14,16 @@ child is only reachable through the parent's new copy.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_WRITE,
     SHT_GROUP,
     SHT_NOBITS,
     STT_FUNC,
+    STT_OBJECT,
     STT_SECTION,
     ElfObject,
     Relocation,
@@ -31,16 +35,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate
     is_special_static,
     strip_number,
 )
-
-# Helpers whose argument list carries __LINE__ (as an immediate in a register).
-LINE_MACRO_CALLEES = frozenset((
-    "__might_sleep", "__might_fault", "__might_resched", "__cant_sleep", "__cant_migrate",
-    "_printk", "printk", "__warn_printk", "warn_slowpath_fmt", "lockdep_rcu_suspicious",
-    "__dynamic_pr_debug", "__dynamic_dev_dbg", "__dynamic_netdev_dbg", "_dev_err", "_dev_warn",
-    "_dev_info", "__ubsan_handle_out_of_bounds", "__kasan_check_read", "kpatch_printk",
-))
-# Bytes between a line-immediate and the call that consumes it.
-_LINE_CALL_WINDOW = 48
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.linemacro import (
+    normalise_line_string,
+    only_line_immediates_differ,
+)
 
 
 def _symbols_equal(new: Symbol, old: Symbol) -> bool:
@@ -56,10 +54,13 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
     return new.is_undefined and old.is_undefined and new.name == old.name
 
 
-def relocations_equal(new: Relocation, old: Relocation) -> bool:
+def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = False) -> bool:
+    """Same place, type and target; ``line_tolerant``: strings may differ in "file.c:LINE" only."""
     if new.offset != old.offset or new.type != old.type:
         return False
     if new.string is not None or old.string is not None:
+        if line_tolerant and new.string is not None and old.string is not None:
+            return normalise_line_string(new.string) == normalise_line_string(old.string)
         return new.string == old.string
     return new.addend == old.addend and _symbols_equal(new.sym, old.sym)
 
@@ -68,65 +69,20 @@ def _relocs(sec: Section) -> List[Relocation]:
     return sec.rela.relocations if sec.rela is not None else []
 
 
-def _relocation_lists_equal(new: Section, old: Section) -> bool:
+def _relocation_lists_equal(new: Section, old: Section, line_tolerant: bool = False) -> bool:
     new_list, old_list = _relocs(new), _relocs(old)
     if len(new_list) != len(old_list):
         return False
-    return all(relocations_equal(a, b) for a, b in zip(new_list, old_list))
-
-
-def _diff_ranges(a: bytes, b: bytes) -> List[Tuple[int, int]]:
-    ranges: List[Tuple[int, int]] = []
-    start: Optional[int] = None
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y and start is None:
-            start = i
-        elif x == y and start is not None:
-            ranges.append((start, i))
-            start = None
-    if start is not None:
-        ranges.append((start, len(a)))
-    return ranges
-
-
-def _immediate_start(data: bytes, lo: int, hi: int) -> Optional[int]:
-    """Start of a ``mov $imm32, %r32`` immediate covering data[lo:hi], else None."""
-    for opcode_at in range(max(0, hi - 5), lo):
-        op = data[opcode_at]
-        imm = opcode_at + 1
-        if 0xB8 <= op <= 0xBF and imm <= lo and hi <= imm + 4:
-            return imm
-        # mov $imm32, r/m32 (c7 c0+r) with optional REX prefix handled by the window
-        if op == 0xC7 and opcode_at + 1 < len(data) and data[opcode_at + 1] >= 0xC0:
-            if opcode_at + 2 <= lo and hi <= opcode_at + 6:
-                return opcode_at + 2
-    return None
-
-
-def _calls_line_helper(relocs: Iterable[Relocation], after: int) -> bool:
-    for reloc in relocs:
-        if after <= reloc.offset <= after + _LINE_CALL_WINDOW and reloc.sym.name in LINE_MACRO_CALLEES:
-            return True
-    return False
+    return all(relocations_equal(a, b, line_tolerant) for a, b in zip(new_list, old_list))
 
 
 def only_line_numbers_differ(new: Section, old: Section) -> bool:
-    """True when the code differs only in __LINE__ immediates fed to line-taking helpers."""
-    if len(new.data) != len(old.data) or not new.is_text:
+    """True when code differs only in moved __LINE__ values (see ``linemacro``)."""
+    if not new.is_text or len(new.data) != len(old.data):
         return False
-    if not _relocation_lists_equal(new, old):
+    if not _relocation_lists_equal(new, old, line_tolerant=True):
         return False
-    ranges = _diff_ranges(new.data, old.data)
-    if not ranges:
-        return False
-    relocs = _relocs(new)
-    for lo, hi in ranges:
-        imm = _immediate_start(new.data, lo, hi)
-        if imm is None or _immediate_start(old.data, lo, hi) != imm:
-            return False
-        if not _calls_line_helper(relocs, imm + 4):
-            return False
-    return True
+    return only_line_immediates_differ(new.data, old.data, _relocs(new))
 
 
 def compare_section(sec: Section) -> Status:
@@ -239,6 +195,28 @@ def propagate_child_changes(patched: ElfObject) -> List[Symbol]:
     return promoted
 
 
+def propagate_constant_changes(patched: ElfObject) -> List[Symbol]:
+    """Mark changed every function that reads a changed read-only object.
+
+    A ``const`` table whose contents changed leaves its users' code byte-identical;
+    patching the users makes them use the new copy the module carries.  (Changed
+    writable data is refused by the verification pass instead.)
+    """
+    callers = _callers_index(patched)
+    promoted: List[Symbol] = []
+    for sym in patched.symbols[1:]:
+        sec = sym.section
+        if sym.type != STT_OBJECT or sym.status != Status.CHANGED or sec is None or sec.sym is not sym:
+            continue
+        if sec.flags & (SHF_WRITE | SHF_EXECINSTR) or not sec.flags & SHF_ALLOC or is_special_static(sym):
+            continue
+        for caller in callers.get(id(sym), []):
+            if caller.status == Status.SAME:
+                _mark_changed(caller)
+                promoted.append(caller)
+    return promoted
+
+
 def apply_ignore_directives(patched: ElfObject) -> List[str]:
     """Honour KPATCH_IGNORE_FUNCTION / KPATCH_IGNORE_SECTION: those count as unchanged.
 
@@ -276,10 +254,11 @@ def _mark_same(sym: Symbol) -> None:
 def compare(patched: ElfObject) -> Tuple[List[Symbol], List[str]]:
     """Run the comparison pass family.
 
-    Returns the functions promoted by their children and the names ignored by
-    the patch's KPATCH_IGNORE_* directives.
+    Returns the functions promoted by their children or by a changed constant
+    they read, and the names ignored by the patch's KPATCH_IGNORE_* directives.
     """
     compare_sections(patched)
     mark_symbols(patched)
     ignored = apply_ignore_directives(patched)
-    return propagate_child_changes(patched), ignored
+    promoted = propagate_constant_changes(patched)
+    return promoted + propagate_child_changes(patched), ignored

@@ -28,7 +28,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
     verify as verify_pass,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
-    LookupError_,
+    SymbolLookupError,
     ParentSymtab,
     Resolver,
     load_parent_symtab,
@@ -51,7 +51,8 @@ class DiffResult:
     module_name: str = ""
     changed_functions: List[str] = field(default_factory=list)
     new_functions: List[str] = field(default_factory=list)
-    promoted_parents: List[str] = field(default_factory=list)
+    # functions that changed only through a .cold/.part child or a const object they read
+    promoted: List[str] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
     klp_relocations: int = 0
     special_kept: Dict[str, int] = field(default_factory=dict)
@@ -66,7 +67,7 @@ class DiffResult:
     def as_dict(self) -> Dict[str, object]:
         return {
             "object": self.object_name, "module": self.module_name, "changed_functions": self.changed_functions,
-            "new_functions": self.new_functions, "promoted_parents": self.promoted_parents, "ignored": self.ignored,
+            "new_functions": self.new_functions, "promoted": self.promoted, "ignored": self.ignored,
             "klp_relocations": self.klp_relocations, "special_sections_kept": self.special_kept,
             "timings": self.timings, "output": self.output, "output_size": self.output_size,
         }
@@ -123,7 +124,7 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
         correlate_pass.correlate(old, new)
     with timer("compare"):
         promoted, ignored = compare_pass.compare(new)
-        result.promoted_parents = [s.name for s in promoted]
+        result.promoted = [s.name for s in promoted]
         result.ignored = ignored
     with timer("verify"):
         verify_pass.check_init_changes(new)
@@ -158,7 +159,7 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
             if name is not None:
                 symtab.select_file_block(name, object_local_names(old))
             resolver = Resolver(symtab, read_symvers(symvers))
-        except LookupError_ as exc:
+        except SymbolLookupError as exc:
             raise PatchRejected(str(exc))
     with timer("output"):
         built = build_output(new, changed, resolver)

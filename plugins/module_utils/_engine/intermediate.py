@@ -40,7 +40,9 @@ addend (so ``ld -r`` keeps them valid when objects are merged).
          48   8  objname   string pointer: "vmlinux" or the module name
                            (Module.symvers spelling, '-' → '_')
 
-``.kpatch.symbols`` — SHT_PROGBITS, flags 0 (not loaded), align 8, entsize 40.
+``.kpatch.symbols`` — SHT_PROGBITS, flags SHF_ALLOC, align 8, entsize 40.
+    (SHF_ALLOC only keeps modpost from warning about a non-allocatable
+    section; the klp converter removes this section before the module loads.)
     One entry per distinct (objname, name, sympos) a relocation needs::
 
           0   8  src       reserved, 0
@@ -51,7 +53,7 @@ addend (so ``ld -r`` keeps them valid when objects are merged).
          24   8  name      string pointer: the symbol name
          32   8  objname   string pointer: the object defining it
 
-``.kpatch.relocations`` — SHT_PROGBITS, flags 0, align 8, entsize 40.
+``.kpatch.relocations`` — SHT_PROGBITS, flags SHF_ALLOC (as above), align 8, entsize 40.
     One entry per relocation removed from the ordinary ``.rela`` sections
     because its target is not in this module::
 
@@ -60,11 +62,14 @@ addend (so ``ld -r`` keeps them valid when objects are merged).
                            After linking, (dest's section, dest's addend) is
                            where the klp relocation must be written.
           8   4  type      the x86-64 relocation type (R_X86_64_PC32, _64 ...)
-         12   4  external  1 when the symbol is exported by another module per
-                           Module.symvers (objname = that module, sympos 0),
+         12   4  external  1 when the symbol is another module's export (per
+                           Module.symvers) used by the patched module: the
+                           ksym's objname is that exporting module, sympos 0;
                            0 otherwise
          16   8  addend    the relocation addend (signed)
-         24   8  objname   string pointer: the object the symbol lives in
+         24   8  objname   string pointer: the object the relocation applies to,
+                           i.e. the patched object ("vmlinux" or the module);
+                           it names the ``.klp.rela.<objname>.<section>``
          32   8  ksym      R_X86_64_64 → the section symbol of
                            ``.kpatch.symbols``, addend = 40 * entry index
 
@@ -123,7 +128,11 @@ class KlpSymbol:
 
 @dataclass
 class KlpRelocation:
-    """A relocation moved out of ``.rela.<section>`` into ``.kpatch.relocations``."""
+    """A relocation moved out of ``.rela.<section>`` into ``.kpatch.relocations``.
+
+    ``objname`` is the patched object the relocation applies to; ``target.objname``
+    the object defining the symbol (they differ only for ``external`` ones).
+    """
 
     section: Section
     offset: int
@@ -131,6 +140,7 @@ class KlpRelocation:
     addend: int
     target: KlpSymbol
     external: bool
+    objname: str = ""
 
 
 @dataclass
@@ -179,8 +189,8 @@ def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
     strings = _StringTable()
     str_sec = _new_section(obj, ".kpatch.strings", SHF_ALLOC, 1, 0)
     funcs_sec = _new_section(obj, ".kpatch.funcs", SHF_ALLOC, 8, FUNC_ENTRY.size)
-    syms_sec = _new_section(obj, ".kpatch.symbols", 0, 8, SYMBOL_ENTRY.size)
-    relocs_sec = _new_section(obj, ".kpatch.relocations", 0, 8, RELOCATION_ENTRY.size)
+    syms_sec = _new_section(obj, ".kpatch.symbols", SHF_ALLOC, 8, SYMBOL_ENTRY.size)
+    relocs_sec = _new_section(obj, ".kpatch.relocations", SHF_ALLOC, 8, RELOCATION_ENTRY.size)
 
     def string_ref(offset: int, text: str) -> Relocation:
         return Relocation(offset=offset, type=R_X86_64_64, sym=str_sec.secsym, addend=strings.add(text))
@@ -216,7 +226,7 @@ def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
         data += RELOCATION_ENTRY.pack(0, reloc.type, int(reloc.external), reloc.addend, 0, 0)
         relocs.append(Relocation(offset=base, type=R_X86_64_64, sym=_section_symbol(obj, reloc.section),
                                  addend=reloc.offset))
-        relocs.append(string_ref(base + 24, reloc.target.objname))
+        relocs.append(string_ref(base + 24, reloc.objname or reloc.target.objname))
         relocs.append(Relocation(offset=base + 32, type=R_X86_64_64, sym=syms_sec.secsym,
                                  addend=SYMBOL_ENTRY.size * index[reloc.target]))
     _finish(relocs_sec, data)

@@ -46,7 +46,7 @@ _READELF_LINE = re.compile(r"^\s*(\d+):\s+([0-9a-fA-F]+)\s+(\d+|0x[0-9a-fA-F]+)\
 _NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
 
 
-class LookupError_(ValueError):
+class SymbolLookupError(ValueError):
     """A symbol cannot be located in the parent object; the message names it."""
 
 
@@ -125,7 +125,7 @@ def parse_readelf_symbols(text: str) -> List[ParentSymbol]:
 def read_readelf_symbols(path: str) -> List[ParentSymbol]:
     proc = subprocess.run(["readelf", "-s", "--wide", path], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise LookupError_("readelf -s %s failed: %s" % (path, proc.stderr.strip()))
+        raise SymbolLookupError("readelf -s %s failed: %s" % (path, proc.stderr.strip()))
     return parse_readelf_symbols(proc.stdout)
 
 
@@ -149,7 +149,7 @@ def read_symvers(path: Optional[str]) -> Dict[str, ExportInfo]:
             parts = line.rstrip("\n").split("\t")
             if len(parts) < 4:
                 if line.strip():
-                    raise LookupError_("%s:%d: not a Module.symvers line: %r" % (path, lineno, line.strip()))
+                    raise SymbolLookupError("%s:%d: not a Module.symvers line: %r" % (path, lineno, line.strip()))
                 continue
             exports[parts[1]] = ExportInfo(parts[1], parts[2], parts[3])
     return exports
@@ -192,15 +192,15 @@ class ParentSymtab:
             self._block = whole
             return whole
         if not candidates:
-            raise LookupError_("source file %s has no STT_FILE symbol in the %s symbol table"
-                               % (filename, self.objname))
+            raise SymbolLookupError("source file %s has no STT_FILE symbol in the %s symbol table"
+                                    % (filename, self.objname))
         wanted = set(local_names)
         scored = sorted(((len(wanted & b.names()), i, b) for i, b in enumerate(candidates)), reverse=True,
                         key=lambda t: (t[0], -t[1]))
         best = scored[0]
         if len(scored) > 1 and scored[1][0] == best[0] and wanted:
-            raise LookupError_("cannot tell which of %d '%s' files in %s the object is: their locals match "
-                               "equally well" % (len(candidates), filename, self.objname))
+            raise SymbolLookupError("cannot tell which of %d '%s' files in %s the object is: their locals "
+                                    "match equally well" % (len(candidates), filename, self.objname))
         self._block = best[2]
         return best[2]
 
@@ -214,7 +214,7 @@ class ParentSymtab:
     def find_local(self, name: str) -> Optional[Resolution]:
         """A local of the selected file block: exact name, else a unique match ignoring ``.N``."""
         if self._block is None:
-            raise LookupError_("no file block selected in the %s symbol table" % self.objname)
+            raise SymbolLookupError("no file block selected in the %s symbol table" % self.objname)
         exact = [s for s in self._block.locals if s.name == name]
         if not exact:
             base = _NUMBER_SUFFIX.sub("", name)
@@ -274,19 +274,24 @@ class Resolver:
         if sym.is_local:
             found = self.symtab.find_local(sym.name)
             if found is None:
-                raise LookupError_("local symbol %s not found in the %s block of %s's symbol table"
-                                   % (sym.name, self.symtab._block.name if self.symtab._block else "?",
-                                      self.symtab.objname))
+                raise SymbolLookupError("local symbol %s not found in the %s block of %s's symbol table"
+                                        % (sym.name, self.symtab._block.name if self.symtab._block else "?",
+                                           self.symtab.objname))
             return True, found
         info = self.exports.get(sym.name)
         if info is not None:
-            if info.module == "vmlinux" or info.objname != self.symtab.objname:
-                # Exported elsewhere: the module loader resolves it (another module → dependency).
-                return False, None
+            if info.module == "vmlinux":
+                return False, None  # the module loader resolves vmlinux exports
+            if info.objname != self.symtab.objname:
+                if self.symtab.is_vmlinux:
+                    return False, None  # (vmlinux code cannot reference a module's export)
+                # Another module's export, used by the patched module: resolved when the
+                # patched module loads, so the patch module itself does not depend on it.
+                return True, Resolution(sym.name, info.objname, 0, sym.bind, sym.type, 0, 0, external=True)
             found = self.symtab.find_global(sym.name)
             return True, found or Resolution(sym.name, self.symtab.objname, 0, sym.bind, sym.type, 0, 0)
         found = self.symtab.find_global(sym.name)
         if found is None:
-            raise LookupError_("global symbol %s is neither exported (Module.symvers) nor defined in %s"
-                               % (sym.name, self.symtab.objname))
+            raise SymbolLookupError("global symbol %s is neither exported (Module.symvers) nor defined in %s"
+                                    % (sym.name, self.symtab.objname))
         return True, found

@@ -29,7 +29,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermedi
     PatchedFunc,
     emit_intermediate_sections,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import LookupError_, Resolver
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError, Resolver
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
 
@@ -95,7 +95,7 @@ def _klp_relocations(sections: List[Section], resolver: Resolver) -> Tuple[List[
             if id(sym) not in decided:
                 try:
                     need, where = resolver.resolve(sym)
-                except LookupError_ as exc:
+                except SymbolLookupError as exc:
                     raise PatchRejected("%s (referenced from %s+%#x)" % (exc, rela.base.name, reloc.offset))
                 ksym = None
                 if need:
@@ -106,7 +106,8 @@ def _klp_relocations(sections: List[Section], resolver: Resolver) -> Tuple[List[
             if not need:
                 kept.append(reloc)
                 continue
-            moved.append(KlpRelocation(rela.base, reloc.offset, reloc.type, reloc.addend, ksym, external))
+            moved.append(KlpRelocation(rela.base, reloc.offset, reloc.type, reloc.addend, ksym, external,
+                                       resolver.symtab.objname))
         rela.relocations = kept
     return moved, objects
 

@@ -153,13 +153,17 @@ def _entry_function(relocs: List[Relocation]) -> Optional[Symbol]:
     return None
 
 
-def _printk_function(relocs: List[Relocation], included: Dict[str, Symbol]) -> Optional[Symbol]:
+def _printk_function(relocs: List[Relocation], included: Dict[str, Symbol],
+                     pi_size: Optional[int]) -> Optional[Symbol]:
     # .printk_index[i] → _entry (struct pi_entry); its second pointer is __func__.
     for reloc in relocs:
         entry = reloc.sym
         sec = entry.section
         if sec is None or sec.rela is None:
             continue
+        if pi_size is not None and entry.size and entry.size != pi_size:
+            raise SpecialSectionError(".printk_index points to %s of %d bytes, but struct pi_entry is %d bytes "
+                                      "(PRINTK_INDEX_STRUCT_SIZE)" % (entry.name, entry.size, pi_size))
         func_offset = entry.value + reloc.addend + _PTR
         for inner in sec.rela.relocations:
             if inner.offset == func_offset and inner.sym.section is not None:
@@ -188,13 +192,13 @@ def _rebuild(sec: Section, keep: List[int], size: int, groups: Dict[int, List[Re
 
 
 def _regenerate(name: str, sec: Section, size: int, included: Dict[str, Symbol],
-                inc: Includer, result: SpecialResult) -> List[int]:
+                inc: Includer, result: SpecialResult, pi_size: Optional[int] = None) -> List[int]:
     groups = _group_relocations(sec, size)
     keep: List[int] = []
     for offset in range(0, sec.size, size):
         relocs = groups.get(offset, [])
         if name == ".printk_index":
-            func = _printk_function(relocs, included)
+            func = _printk_function(relocs, included, pi_size)
         else:
             func = _entry_function(relocs)
         if func is None:
@@ -253,7 +257,8 @@ def regenerate_special_sections(obj: ElfObject, struct_sizes: Mapping[str, int],
         if sec.name not in SPECIAL_SECTIONS or sec.is_rela:
             continue
         size = entry_size(sec.name, sec, struct_sizes)
-        keep = _regenerate(sec.name, sec, size, included, inc, result)
+        pi_size = struct_sizes.get("PRINTK_INDEX")
+        keep = _regenerate(sec.name, sec, size, included, inc, result, int(pi_size) if pi_size else None)
         if sec.name == ".orc_unwind_ip":
             ip_keep = keep
     if obj.find_section(".orc_unwind") is not None:

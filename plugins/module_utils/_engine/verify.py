@@ -45,7 +45,9 @@ FENTRY = "__fentry__"
 FENTRY_WINDOW = 16
 _IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".data.once", ".data..once", "__dyndbg", ".discard",
                           "__ksymtab", "___ksymtab", ".kpatch.", ".note", ".comment", ".modinfo",
-                          "__param", ".init.", ".exit.", "__tracepoints_strings", "__bpf_raw_tp_map")
+                          "__param", ".init.", ".exit.", "__tracepoints_strings", "__bpf_raw_tp_map",
+                          # one entry per function (CALL_PADDING kernels); grows with new functions
+                          "__patchable_function_entries")
 
 
 class PatchRejected(Exception):
@@ -124,6 +126,10 @@ def has_fentry_call(sym: Symbol) -> bool:
 
 def check_fentry(changed: Iterable[Symbol]) -> None:
     for sym in changed:
+        if sym.section is not None and sym.section.sym is not sym:
+            raise PatchRejected("changed function %s shares section %s with other code: build with "
+                                "-ffunction-sections so each function can be replaced on its own"
+                                % (sym.name, sym.section.name))
         sym.has_func_profiling = has_fentry_call(sym)
         if not sym.has_func_profiling:
             raise PatchRejected("function %s changed but has no __fentry__ call (notrace, or built without "
@@ -200,7 +206,10 @@ def check_relocation_ranges(sections: Iterable[Section]) -> None:
             else:
                 continue
             low, high = _target_window(reloc, base.is_text)
-            if high < 0 or low > size:
+            # Below a named symbol is fine: gcc addresses arrays as ``table - 8 + 8 * i`` for
+            # 1-based loops (sysrq_key_table-8 in __handle_sysrq); only past-the-end is wrong.
+            below_ok = target.type != STT_SECTION
+            if (high < 0 and not below_ok) or low > size:
                 raise PatchRejected("relocation at %s+%#x points to %s%+#x, outside that %s (%d bytes)"
                                     % (base.name, reloc.offset, name, reloc.addend,
                                        "section" if target.type == STT_SECTION else "symbol", size))

@@ -254,6 +254,24 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     return diffs
 
 
+def patch_include_dir(cache_dir: Path) -> Path:
+    """A directory with the patch-author headers, so patched sources can ``#include "kpatch-macros.h"``.
+
+    kpatch-build puts its patch headers on the include path the same way; the path is stable so
+    that kbuild's command-line check does not rebuild objects needlessly between builds.
+    """
+    inc = cache_dir / "include"
+    inc.mkdir(parents=True, exist_ok=True)
+    for name, data in kmod_sources().items():
+        if name.endswith(".h"):
+            dest = inc / name
+            if not dest.is_file() or dest.read_bytes() != data:
+                tmp = inc / f".{name}.tmp"
+                tmp.write_bytes(data)
+                os.replace(tmp, dest)
+    return inc
+
+
 def sign_module(req: BuildRequest, ko: Path, log: StepLog) -> None:
     sign_file = Path(req.headers) / "scripts" / "sign-file"
     if not sign_file.exists():
@@ -345,9 +363,10 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         raise NoChangesError(f"the patches touch no kernel object: {', '.join(files)}")
     orig_dir, patched_dir, out_dir = work / "orig", work / "patched", work / "output"
     out_dir.mkdir(parents=True)
-    build_objects(tree, sorted(pairs), FUNCTION_SECTIONS, orig_dir, jobs=req.jobs)
+    cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
+    build_objects(tree, sorted(pairs), cflags, orig_dir, jobs=req.jobs)
     with patched_tree(tree, [Path(p) for p in req.patches]):
-        build_objects(tree, sorted(pairs), FUNCTION_SECTIONS, patched_dir, jobs=req.jobs)
+        build_objects(tree, sorted(pairs), cflags, patched_dir, jobs=req.jobs)
     _timed(timings, "compile", t)
     t = time.monotonic()
     diffs = run_engine(req, pairs, orig_dir, patched_dir, out_dir, sizes, log)

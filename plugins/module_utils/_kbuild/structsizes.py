@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Set
+from typing import Dict, Iterable, Optional, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
@@ -42,10 +42,13 @@ class SpecialStruct:
     key: str
     struct: str
     config: Optional[str]  # config symbol that makes the section exist; None = always
+    # First kernel (major, minor) without the struct; None = still present.
+    removed_in: Optional[Tuple[int, int]] = None
 
 
 SPECIAL_STRUCTS = (
-    SpecialStruct("PARA", "paravirt_patch_site", "CONFIG_PARAVIRT"),
+    # 6.8 folded paravirt patching into alternatives: no .parainstructions, no struct.
+    SpecialStruct("PARA", "paravirt_patch_site", "CONFIG_PARAVIRT", removed_in=(6, 8)),
     SpecialStruct("EX", "exception_table_entry", None),
     SpecialStruct("BUG", "bug_entry", "CONFIG_GENERIC_BUG"),
     SpecialStruct("ALT", "alt_instr", None),
@@ -63,7 +66,16 @@ def required_structs(config: Optional[Path]) -> Dict[str, str]:
         return {s.key: s.struct for s in SPECIAL_STRUCTS}
     text = Path(config).read_text(errors="replace")
     enabled = set(re.findall(r"^(CONFIG_\w+)=[ym]$", text, re.M))
-    return {s.key: s.struct for s in SPECIAL_STRUCTS if s.config is None or s.config in enabled}
+    version = config_kernel_version(text)
+    return {s.key: s.struct for s in SPECIAL_STRUCTS
+            if (s.config is None or s.config in enabled)
+            and (s.removed_in is None or version is None or version < s.removed_in)}
+
+
+def config_kernel_version(text: str) -> Optional[Tuple[int, int]]:
+    """(major, minor) from a kernel config's ``# Linux/x86 6.12.107 Kernel Configuration`` header."""
+    m = re.search(r"^# Linux/\S+ (\d+)\.(\d+)\S* Kernel Configuration$", text, re.M)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def sizes_with_pyelftools(vmlinux: Path, names: Iterable[str]) -> Dict[str, int]:

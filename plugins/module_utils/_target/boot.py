@@ -83,9 +83,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     with HostLock(timeout=args.timeout * 4):
         lines = boot_load(args.install_dir, args.timeout, cmdline)
     for line in lines:
-        print(f"kpatch: {line}", flush=True)
+        sys.stdout.write(f"kpatch: {line}\n")
+    sys.stdout.flush()
     return 1 if any(": FAILED:" in line for line in lines) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from .loader import DEFAULT_INSTALL_DIR, list_installed
+from .loader import DEFAULT_INSTALL_DIR, list_installed, loaded_records
 from .modinfo import ModinfoError, read_modinfo, sha256_of
 from .stalled import find_stalled_tasks
 from .state import HostState
@@ -25,13 +25,15 @@ def gather_host_state(install_dir: str = DEFAULT_INSTALL_DIR,
                       root: str = LIVEPATCH_ROOT) -> HostState:
     installed = list_installed(install_dir)
     hashes = {path: sha256_of(path) for mods in installed.values() for path in mods.values()}
+    patches = {p.name: p for p in list_patches(root)}
     return HostState(
         release=running_release(),
         livepatch_supported=livepatch_supported(root),
-        patches={p.name: p for p in list_patches(root)},
+        patches=patches,
         modules={m.name: m for m in loaded_livepatch_modules(MODULE_ROOT)},
         installed=installed,
         installed_sha256=hashes,
+        loaded_sha256={n: h for n, h in loaded_records().items() if n in patches},
     )
 
 
@@ -63,6 +65,7 @@ def _patch_facts(host: HostState, installed: List[Dict[str, object]]) -> List[Di
         row.update(module_loaded=module is not None,
                    srcversion=module.srcversion if module else None,
                    module_taint=module.taint if module else None,
+                   loaded_sha256=host.loaded_sha256.get(name),
                    installed_path=paths.get(name))
         rows.append(row)
     # Modules whose patch was disabled or replaced but which were never removed.
@@ -70,7 +73,8 @@ def _patch_facts(host: HostState, installed: List[Dict[str, object]]) -> List[Di
         if name not in host.patches:
             rows.append({"name": name, "enabled": False, "transition": False, "replace": None,
                          "objects": [], "module_loaded": True, "srcversion": module.srcversion,
-                         "module_taint": module.taint, "installed_path": paths.get(name)})
+                         "module_taint": module.taint, "loaded_sha256": None,
+                         "installed_path": paths.get(name)})
     return rows
 
 

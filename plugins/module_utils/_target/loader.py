@@ -27,6 +27,10 @@ from .sysfs import (LIVEPATCH_ROOT, SysfsError, disable_patch, force_transition,
                     read_module, read_patch, signal_via_sysfs, transition_in_progress)
 
 DEFAULT_INSTALL_DIR = "/var/lib/kpatch"
+# Which file each loaded patch came from (sha256), on tmpfs so that it dies with the boot.
+# The kernel keeps no hash of a module, and sample-style modules have no srcversion, so this
+# is how a different build under the same name is recognised.
+RECORD_DIR = "/run/kpatch-livepatch/loaded"
 LOCK_PATHS = ("/run/lock/kpatch-livepatch.lock", "/run/kpatch-livepatch.lock")
 POLL_SECONDS = 0.2
 
@@ -95,6 +99,37 @@ class HostLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+# ---------------------------------------------------------------- load records
+
+
+def record_loaded(name: str, sha256: str, record_dir: str = RECORD_DIR) -> None:
+    if not os.path.isdir(os.path.dirname(os.path.dirname(record_dir))):
+        return  # no /run on this host: nothing to remember with
+    os.makedirs(record_dir, mode=0o755, exist_ok=True)
+    tmp = os.path.join(record_dir, f".{name}.tmp")
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(sha256 + "\n")
+    os.replace(tmp, os.path.join(record_dir, name))
+
+
+def forget_loaded(name: str, record_dir: str = RECORD_DIR) -> None:
+    try:
+        os.unlink(os.path.join(record_dir, name))
+    except FileNotFoundError:
+        pass
+
+
+def loaded_records(record_dir: str = RECORD_DIR) -> dict:
+    """module name → sha256 of the file it was loaded from (by this tool, this boot)."""
+    records = {}
+    if os.path.isdir(record_dir):
+        for name in os.listdir(record_dir):
+            if not name.startswith("."):
+                with open(os.path.join(record_dir, name), "r", encoding="ascii") as handle:
+                    records[name] = handle.read().strip()
+    return records
 
 
 # ---------------------------------------------------------------- commands
@@ -227,6 +262,7 @@ def load_module(path: str, name: str, timeout: float, force: bool = False,
     """insmod a livepatch module and see its transition through (or undo it)."""
     wait_for_idle(timeout, root)
     before = {p.name for p in list_patches(root) if p.enabled}
+    digest = sha256_of(path)
     insmod(path)
     if read_patch(name, root) is None:
         raise LoaderError(f"insmod {path} succeeded but {root}/{name} did not appear: "
@@ -235,6 +271,7 @@ def load_module(path: str, name: str, timeout: float, force: bool = False,
     result = LoadResult(name=name, transition=outcome)
     if not outcome.complete:
         result.forced = _handle_stall(name, outcome, force, timeout, root, "load")
+    record_loaded(name, digest)
     result.replaced = retire_replaced(before - {name}, root)
     return result
 
@@ -245,6 +282,7 @@ def retire_replaced(previous: set, root: str = LIVEPATCH_ROOT) -> List[str]:
     for old in sorted(previous):
         if read_patch(old, root) is None:
             replaced.append(old)
+            forget_loaded(old)
             if read_module(old) is not None:
                 rmmod(old)
     return replaced
@@ -275,6 +313,7 @@ def unload_module(name: str, timeout: float, force: bool = False,
             _handle_stall(name, outcome, force, timeout, root, "unload")
     if read_module(name) is not None:
         rmmod(name)
+    forget_loaded(name)
     return outcome
 
 

@@ -137,7 +137,7 @@ def _section_headers(path: str, elf: bytes) -> Tuple[List[Tuple[int, int, int]],
 def find_section(path: str, elf: bytes, wanted: str) -> Optional[bytes]:
     """Bytes of the section called ``wanted``, or None when the file has none."""
     sections, shstrndx = _section_headers(path, elf)
-    _, str_off, str_size = sections[shstrndx]
+    _name, str_off, str_size = sections[shstrndx]
     names = elf[str_off:str_off + str_size]
     for name_off, off, size in sections:
         end = names.find(b"\0", name_off)
@@ -154,7 +154,7 @@ def parse_modinfo_strings(blob: bytes) -> Dict[str, List[str]]:
     for raw in blob.split(b"\0"):
         if not raw or b"=" not in raw:
             continue
-        key, _, value = raw.decode("utf-8", "replace").partition("=")
+        key, _sep, value = raw.decode("utf-8", "replace").partition("=")
         fields.setdefault(key, []).append(value)
     return fields
 

@@ -34,6 +34,7 @@ class HostState:
     modules: Dict[str, KernelModule] = field(default_factory=dict)  # loaded, tainted 'K'
     installed: Dict[str, Dict[str, str]] = field(default_factory=dict)  # release→name→path
     installed_sha256: Dict[str, str] = field(default_factory=dict)  # path → sha256
+    loaded_sha256: Dict[str, str] = field(default_factory=dict)  # name → sha256 it was loaded from
 
     def loaded_names(self) -> List[str]:
         return sorted(n for n, p in self.patches.items() if p.enabled)
@@ -96,6 +97,12 @@ def _steps_to_load(host: HostState, name: str, path: Optional[str],
     patch = host.patches.get(name)
     module = host.modules.get(name)
     if patch is not None and patch.enabled:
+        loaded_from = host.loaded_sha256.get(name)
+        if source and loaded_from and loaded_from != source.sha256:
+            raise PlanError(
+                f"a different build of {name} is loaded (sha256 {loaded_from}, the file has "
+                f"{source.sha256}); unload it first, or ship the new build under a new name as "
+                "an atomic-replace patch")
         if (source and source.srcversion and module and module.srcversion
                 and module.srcversion != source.srcversion):
             raise PlanError(

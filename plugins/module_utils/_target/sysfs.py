@@ -187,6 +187,9 @@ def loaded_livepatch_modules(root: str = MODULE_ROOT) -> List[KernelModule]:
     """Loaded modules tainted 'K' (livepatch), whether or not their patch is still registered."""
     found = []
     for name in sorted(os.listdir(root)):
+        # Not every entry is a module directory (6.12 has a plain file /sys/module/compression).
+        if not os.path.isdir(os.path.join(root, name)):
+            continue
         module = read_module(name, root)
         if module is not None and module.is_livepatch:
             found.append(module)

@@ -7,6 +7,7 @@
 - ``livepatch_otherrel``: the sample with its vermagic rewritten to another release (same
   length, so the ELF layout is intact), to be refused.
 - ``livepatch_tampered``: the sample with one .modinfo byte changed (sha256 mismatch).
+- ``sample_v2``: the sample with another message under the same module name (a different build).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TestModules:
     other_release: Path
     tampered: Path
     other_release_name: str
+    sample_v2: Path  # same module name as sample, different code
 
 
 def _replace_source(sample: str) -> str:
@@ -78,6 +80,10 @@ def build_test_modules(art: KernelArtifacts, workdir: Path) -> TestModules:
     stall_patch = build_external_module(
         art, workdir / "stall_patch", {"livepatch_stall.c": (KMODS / "livepatch_stall.c").read_text()},
         "livepatch_stall")
+    sample_v2 = build_external_module(
+        art, workdir / "sample_v2",
+        {"livepatch-sample.c": sample_src.replace(SAMPLE_TEXT, SAMPLE_TEXT + " (v2)")},
+        "livepatch-sample")
     other_name = other_release_of(art.release)
     other = workdir / "livepatch-otherrel.ko"
     rewrite_vermagic(sample, other, art.release, other_name)
@@ -90,7 +96,7 @@ def build_test_modules(art: KernelArtifacts, workdir: Path) -> TestModules:
     tampered.write_bytes(bytes(data))
     return TestModules(sample=sample, replace=replace, stall_target=stall_target,
                        stall_patch=stall_patch, other_release=other, tampered=tampered,
-                       other_release_name=other_name)
+                       other_release_name=other_name, sample_v2=sample_v2)
 
 
 _CACHE: dict = {}
@@ -115,4 +121,3 @@ if __name__ == "__main__":  # pragma: no cover - manual use
     if out.exists():
         shutil.rmtree(out)
     print(build_test_modules(fetch_kernel(with_dbg=False), out))
-

@@ -1,0 +1,116 @@
+"""End to end on the real Debian 6.1 kernel: engine output → kmod hook module → klp conversion →
+loaded into the booted kernel under qemu, where the patched behaviour must show and go away again.
+
+This is the proof that the engine's output (code, special sections, ``.kpatch.*`` records) is
+what the livepatch core needs; the module build uses ``kmod/`` and the conversion ``_engine/klp.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
+
+from tests.integration.engine_pairs import build_pair
+from tests.testbed.kernels import cache_root
+from tests.testbed.vm import run_in_initramfs
+
+pytestmark = pytest.mark.integration
+KMOD = Path(__file__).resolve().parents[2] / "kmod"
+
+
+def build_livepatch(kernel, pair_name: str, module: str, workdir: Path) -> Path:
+    """Engine → kbuild module with the hook → livepatch ELF; returns the final .ko."""
+    pair = build_pair(pair_name, kernel)
+    sizes = special_struct_sizes(kernel.vmlinux, kernel.release, cache_root() / "struct-sizes", kernel.config)
+    symtab = load_parent_symtab(str(kernel.vmlinux), "vmlinux")
+    workdir.mkdir(parents=True)
+    for item in KMOD.iterdir():
+        if item.is_file():
+            shutil.copy(item, workdir / item.name)
+    result = create_diff_object(str(pair.orig), str(pair.patched), "vmlinux", symtab,
+                                str(kernel.headers / "Module.symvers"), module, str(workdir / "patch.o"), sizes)
+    assert result.has_changes
+    proc = subprocess.run(["make", "-C", str(workdir), f"KDIR={kernel.headers}", f"KPATCH_NAME={module}",
+                           "KPATCH_OBJECTS=patch.o"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    final = workdir / f"{module}-klp.ko"
+    create_klp_module(str(workdir / f"{module}.ko"), str(final))
+    return final
+
+
+def wait_transition(module: str) -> str:
+    return (f"for i in $(seq 1 20); do t=$(cat /sys/kernel/livepatch/{module}/transition 2>/dev/null); "
+            f"[ \"$t\" = 1 ] || break; sleep 1; done\n")
+
+
+def test_meminfo_livepatch_applies_and_reverts_in_the_running_kernel(kernel_6_1, tmp_path):
+    module = "lp_meminfo"
+    ko = build_livepatch(kernel_6_1, "meminfo", module, tmp_path / "kmod")
+    script = f"""
+grep -c '^VmallocChunk:' /proc/meminfo
+insmod /lp.ko || echo INSMOD_FAILED
+{wait_transition(module)}
+echo "enabled=$(cat /sys/kernel/livepatch/{module}/enabled)"
+grep '^VMALLOCCHUNK:' /proc/meminfo || echo NOT_PATCHED
+echo 0 > /sys/kernel/livepatch/{module}/enabled
+{wait_transition(module)}
+sleep 1
+grep '^VmallocChunk:' /proc/meminfo || echo NOT_REVERTED
+rmmod {module} && echo RMMOD_OK
+"""
+    result = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko}, script=script, timeout=240)
+    out = result.output
+    assert result.exit_code == 0, result.console[-3000:]
+    assert "INSMOD_FAILED" not in out and "enabled=1" in out, out
+    assert "VMALLOCCHUNK:" in out and "NOT_PATCHED" not in out, out
+    assert "NOT_REVERTED" not in out and "RMMOD_OK" in out, out
+
+
+def test_dev_valid_name_livepatch_changes_rename_behaviour(kernel_6_1, tmp_path):
+    module = "lp_devname"
+    ko = build_livepatch(kernel_6_1, "dev_valid_name", module, tmp_path / "kmod")
+    script = f"""
+ip link set dev lo name 'a@b' && echo BEFORE_OK
+ip link set dev 'a@b' name lo
+insmod /lp.ko || echo INSMOD_FAILED
+{wait_transition(module)}
+ip link set dev lo name 'c@d' 2>&1 && echo AFTER_ACCEPTED || echo AFTER_REJECTED
+ip link set dev lo name 'plain' && echo PLAIN_OK
+"""
+    result = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko}, script=script, timeout=240)
+    out = result.output
+    assert result.exit_code == 0, result.console[-3000:]
+    assert "BEFORE_OK" in out and "INSMOD_FAILED" not in out, out
+    assert "AFTER_REJECTED" in out and "AFTER_ACCEPTED" not in out, out
+    assert "PLAIN_OK" in out, out
+
+
+def test_cold_child_livepatch_loads_and_unloads(kernel_6_1, tmp_path):
+    """__dev_remove_pack changed only in its .cold part: the module carries both and loads."""
+    module = "lp_cold"
+    ko = build_livepatch(kernel_6_1, "dev_remove_pack", module, tmp_path / "kmod")
+    script = f"""
+insmod /lp.ko || echo INSMOD_FAILED
+{wait_transition(module)}
+echo "enabled=$(cat /sys/kernel/livepatch/{module}/enabled) transition=$(cat /sys/kernel/livepatch/{module}/transition)"
+grep -c '__dev_remove_pack.cold' /proc/kallsyms
+echo 0 > /sys/kernel/livepatch/{module}/enabled
+{wait_transition(module)}
+sleep 1
+rmmod {module} && echo RMMOD_OK
+"""
+    result = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko}, script=script, timeout=240)
+    out = result.output
+    assert result.exit_code == 0, result.console[-3000:]
+    assert "INSMOD_FAILED" not in out and "enabled=1 transition=0" in out, out
+    # the kernel's own .cold part plus the module's copy
+    assert "\n2\n" in "\n" + out, out
+    assert "RMMOD_OK" in out, out
