@@ -406,14 +406,17 @@ class Row:
     note: str = ""
 
 
+def _count(column: str, rows: Sequence[Row]) -> int:
+    return sum(1 for r in rows if getattr(r, column) == "yes")
+
+
 def table_markdown(release: str, rows: Sequence[Row], extra: Sequence[str] = ()) -> str:
     loads = [r for r in rows if r.kind == "load"]
     refusals = [r for r in rows if r.kind == "refuse"]
-    count = lambda col, rs: sum(1 for r in rs if getattr(r, col) == "yes")  # noqa: E731
     lines = [f"### {release}", "",
-             f"built {count('built', loads)}/{len(loads)} · loaded {count('loaded', loads)}/{len(loads)} · "
-             f"verified {count('verified', loads)}/{len(loads)} · refused-as-expected "
-             f"{count('refused', refusals)}/{len(refusals)}", "",
+             f"built {_count('built', loads)}/{len(loads)} · loaded {_count('loaded', loads)}/{len(loads)} · "
+             f"verified {_count('verified', loads)}/{len(loads)} · refused-as-expected "
+             f"{_count('refused', refusals)}/{len(refusals)}", "",
              "| patch | built | loaded | verified | refused as expected | note |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -426,10 +429,9 @@ def table_text(release: str, rows: Sequence[Row], extra: Sequence[str] = ()) -> 
     """The same table for a terminal: fixed-width columns."""
     loads = [r for r in rows if r.kind == "load"]
     refusals = [r for r in rows if r.kind == "refuse"]
-    count = lambda col, rs: sum(1 for r in rs if getattr(r, col) == "yes")  # noqa: E731
-    out = [f"patch corpus {release}: built {count('built', loads)}/{len(loads)}, loaded {count('loaded', loads)}/"
-           f"{len(loads)}, verified {count('verified', loads)}/{len(loads)}, refused-as-expected "
-           f"{count('refused', refusals)}/{len(refusals)}",
+    out = [f"patch corpus {release}: built {_count('built', loads)}/{len(loads)}, loaded {_count('loaded', loads)}/"
+           f"{len(loads)}, verified {_count('verified', loads)}/{len(loads)}, refused-as-expected "
+           f"{_count('refused', refusals)}/{len(refusals)}",
            f"  {'patch':<34} {'built':<6} {'loaded':<7} {'verified':<9} {'refused':<8} note"]
     for r in rows:
         out.append(f"  {r.name:<34} {r.built:<6} {r.loaded:<7} {r.verified:<9} {r.refused:<8} {r.note[:90]}")

@@ -47,41 +47,41 @@ SHADOW_CODE = '''
 
 static int kpatch_corpus_limits_pre_patch(patch_object *obj)
 {
-	pr_info("kpatch-corpus shadow: pre_patch\\n");
-	return 0;
+\tpr_info("kpatch-corpus shadow: pre_patch\\n");
+\treturn 0;
 }
 KPATCH_PRE_PATCH_CALLBACK(kpatch_corpus_limits_pre_patch);
 
 static void kpatch_corpus_limits_post_unpatch(patch_object *obj)
 {
-	klp_shadow_free_all(KPATCH_CORPUS_LIMITS_ID, NULL);
-	pr_info("kpatch-corpus shadow: post_unpatch, shadows freed\\n");
+\tklp_shadow_free_all(KPATCH_CORPUS_LIMITS_ID, NULL);
+\tpr_info("kpatch-corpus shadow: post_unpatch, shadows freed\\n");
 }
 KPATCH_POST_UNPATCH_CALLBACK(kpatch_corpus_limits_post_unpatch);
 
 static int proc_pid_limits('''
 
-SHADOW_USE = '''	}
+SHADOW_USE = '''\t}
 
-	reads = klp_shadow_get_or_alloc(task, KPATCH_CORPUS_LIMITS_ID, sizeof(*reads),
-					GFP_KERNEL, NULL, NULL);
-	if (reads)
-		seq_printf(m, "Kpatch shadow reads       %lu\\n", ++*reads);
+\treads = klp_shadow_get_or_alloc(task, KPATCH_CORPUS_LIMITS_ID, sizeof(*reads),
+\t\t\t\t\tGFP_KERNEL, NULL, NULL);
+\tif (reads)
+\t\tseq_printf(m, "Kpatch shadow reads       %lu\\n", ++*reads);
 
-	return 0;
+\treturn 0;
 }'''
 
 CALLBACKS_CODE = '''
 /* kpatch corpus: a patch made of callbacks only */
 static void kpatch_corpus_cb_post_patch(patch_object *obj)
 {
-	pr_info("kpatch-corpus callbacks: post_patch %s\\n", obj->name ? obj->name : "vmlinux");
+\tpr_info("kpatch-corpus callbacks: post_patch %s\\n", obj->name ? obj->name : "vmlinux");
 }
 KPATCH_POST_PATCH_CALLBACK(kpatch_corpus_cb_post_patch);
 
 static void kpatch_corpus_cb_pre_unpatch(patch_object *obj)
 {
-	pr_info("kpatch-corpus callbacks: pre_unpatch %s\\n", obj->name ? obj->name : "vmlinux");
+\tpr_info("kpatch-corpus callbacks: pre_unpatch %s\\n", obj->name ? obj->name : "vmlinux");
 }
 KPATCH_PRE_UNPATCH_CALLBACK(kpatch_corpus_cb_pre_unpatch);
 

@@ -168,7 +168,7 @@ def test_call_padding_kernel_meminfo(kernel_6_12, tmp_path):
     assert [(f["name"], f["new"]) for f in funcs] == [("meminfo_proc_show", "meminfo_proc_show")]
 
 
-@pytest.mark.parametrize("pair_name", ["lineshift_sched", "lineshift_dev"])
+@pytest.mark.parametrize("pair_name", ["lineshift_sched", "lineshift_dev", "lineshift_btrfs", "lineshift_xfs"])
 def test_lines_added_above_everything_change_nothing(kernel_6_1, vmlinux_symtab, sizes, tmp_path, pair_name):
     """Hundreds of functions see their __LINE__ values move; none of them may be reported."""
     pair = build_pair(pair_name, kernel_6_1)

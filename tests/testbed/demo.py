@@ -10,6 +10,7 @@ A stage whose parts do not exist yet is reported as missing, by name; nothing is
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,14 +43,22 @@ def missing_parts() -> list:
     return [p for p in NEEDED if not (REPO / p).exists()]
 
 
-def run_playbook(vm, workdir: Path) -> int:
+def run_playbook(vm, artifacts, workdir: Path) -> int:
     inventory = workdir / "inventory.ini"
     vm.inventory(inventory, group="kpatch_targets")
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    # The build host is this machine, with the kernel's source and -dbg vmlinux already
+    # unpacked by the fetch stage (a real build host would get them from the debuginfo role).
+    build_kernels = {artifacts.release: {
+        "source_dir": str(artifacts.source_tree()), "config": str(artifacts.config),
+        "vmlinux": str(artifacts.vmlinux), "headers": str(artifacts.headers),
+        "modules_dir": str(artifacts.modules_dir)}}
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
            str(REPO / "playbooks" / "apply-livepatch.yml"),
-           "-e", f"kpatch_patches_files=['{PATCH}']", "-e", "kpatch_target_group=kpatch_targets",
-           "-e", f"kpatch_summary_path={workdir / 'summary.json'}"]
+           "-e", json.dumps({"kpatch_patch_files": [str(PATCH)], "kpatch_build_kernels": build_kernels}),
+           "-e", "kpatch_target_group=kpatch_targets",
+           "-e", f"kpatch_summary_path={workdir / 'summary.json'}",
+           "-e", f"kpatch_artifacts_dir={workdir / 'artifacts'}"]
     print("    $ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=REPO, env=env)
 
@@ -82,7 +91,7 @@ def main() -> int:
             print("demo: stops before the playbook — not there yet: " + ", ".join(absent))
             return 0
         t = stage("ansible-playbook playbooks/apply-livepatch.yml (meminfo example patch)")
-        rc = run_playbook(vm, Path(tmp))
+        rc = run_playbook(vm, artifacts, Path(tmp))
         done(t)
         print("==> grep -i chunk /proc/meminfo (in the VM)")
         print(vm.ssh("grep -i chunk /proc/meminfo").stdout.rstrip())

@@ -82,7 +82,7 @@ class Fleet:
         self.hosts = list(hosts)
         self.memory_mb = memory_mb
         self.hard_timeout = hard_timeout
-        self.releases = sorted({rel for _, rel in self.hosts})
+        self.releases = sorted({rel for _name, rel in self.hosts})
         self.kernels: Dict[str, KernelArtifacts] = {}
         self.image: Optional[DebianImage] = None
         self.vms: Dict[str, DebianVM] = {}
@@ -106,10 +106,11 @@ class Fleet:
         """Fetch every release (with -dbg and source, for the build) and the shared image."""
         for rel in self.releases:
             self.kernels[rel] = fetch_kernel(rel)
-        # The first release listed is the image's default; the order is part of its cache key.
-        ordered = [self.kernels[r] for r in (R61, R612) if r in self.kernels]
-        ordered += [self.kernels[r] for r in self.releases if r not in (R61, R612)]
-        self.image = build_debian_image(ordered)
+        # One image for every fleet size: it carries both testbed kernels (the order is part of
+        # its cache key), so a 1-VM bench reuses the 3-VM test's image.
+        image_releases = [R61, R612] + [r for r in self.releases if r not in (R61, R612)]
+        self.image = build_debian_image([self.kernels.get(r) or fetch_kernel(r, with_dbg=False, with_source=False)
+                                         for r in image_releases])
 
     def start(self) -> None:
         if self.image is None:

@@ -63,6 +63,8 @@ ENABLED_UNITS = ("systemd-networkd.service", "ssh.service", "kpatch-testbed-read
 # Files written into the root tree (path → content); part of the recipe hash.
 CONFIG_FILES: Dict[str, str] = {
     "etc/hostname": f"{HOSTNAME}\n",
+    # qemu user networking's DNS forwarder (debootstrap copied the build host's file).
+    "etc/resolv.conf": "nameserver 10.0.2.3\n",
     "etc/hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost ip6-localhost\n",
     # Pass 0: no fsck at boot (the overlay is thrown away; a journal replay is enough).
     "etc/fstab": "/dev/vda\t/\text4\trw,relatime,errors=remount-ro\t0\t0\n",
@@ -245,6 +247,33 @@ def _debootstrap(rootfs: Path, logfile: Path, base: Path) -> None:
     _run([*NAMESPACE, "--", *cmd], what="debootstrap", logfile=logfile)
 
 
+def base_rootfs_key() -> str:
+    """Key of the plain debootstrap result, shared by every image whatever its kernels and config."""
+    spec = {"version": RECIPE_VERSION, "suite": SUITE, "mirror": MIRROR, "packages": list(PACKAGES)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _base_rootfs(rootfs: Path, logfile: Path, base: Path) -> None:
+    """Fill ``rootfs`` with the debootstrapped base: unpacked from its cached tarball, or
+    debootstrapped (and the tarball saved) on first use."""
+    tarball = base / f"rootfs-{SUITE}-{base_rootfs_key()}.tar.zst"
+    tar_opts = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--zstd"]
+    with cache_lock(f"rootfs-{tarball.name}"):
+        if tarball.is_file():
+            rootfs.mkdir(parents=True)
+            _run(["tar", "-x", "-p", "-f", str(tarball), "-C", str(rootfs), *tar_opts],
+                 what=f"unpack {tarball.name}", logfile=logfile)
+            return
+        _debootstrap(rootfs, logfile, base)
+        tmp = tarball.with_name(f".{tarball.name}.{os.getpid()}")
+        try:
+            _run(["tar", "-c", "-f", str(tmp), "-C", str(rootfs), *tar_opts, "."],
+                 what="save the debootstrapped base", logfile=logfile)
+            os.replace(tmp, tarball)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def _write_config(rootfs: Path, pubkey: str) -> None:
     for rel, content in CONFIG_FILES.items():
         dest = rootfs / rel
@@ -364,8 +393,8 @@ def _build(artifacts_list: Sequence[KernelArtifacts], final: Path) -> None:
     timings: Dict[str, float] = {}
     try:
         key = _make_ssh_key(out)
-        with _step("debootstrap", timings):
-            _debootstrap(rootfs, logfile, base)
+        with _step("base system (debootstrap, or its cached tarball)", timings):
+            _base_rootfs(rootfs, logfile, base)
         with _step("configure", timings):
             _write_config(rootfs, (out / "id_ed25519.pub").read_text())
             _configure_units(rootfs, logfile)

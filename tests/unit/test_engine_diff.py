@@ -420,3 +420,23 @@ def test_call_padding_new_function_is_accepted(tmp_path):
     run_engine(case)
     assert case.result.changed_functions == ["target"] and case.result.new_functions == ["brand_new"]
     assert "__patchable_function_entries" not in case.sections()
+
+
+STACK_LINE = r"""
+extern void corruption(int tag, int level, void *mp, void *buf, int size, const char *file, int line);
+int inspect(void *mp, void *buf)
+{
+    if (!buf)
+        corruption(1, 2, mp, buf, 344, __FILE__, __LINE__);
+    return 0;
+}
+"""
+
+
+def test_line_passed_on_the_stack_after_the_file_name(tmp_path):
+    """xfs_corruption_error(..., __FILE__, __LINE__): the file in r9, the line pushed as the 7th argument."""
+    case = run_engine(make_case(tmp_path, STACK_LINE, "\n\n\n" + STACK_LINE, exports=("__fentry__", "corruption")))
+    assert not case.result.has_changes, case.result.changed_functions
+    case = run_engine(make_case(tmp_path / "real", STACK_LINE, STACK_LINE.replace("344", "345"),
+                                exports=("__fentry__", "corruption")))
+    assert case.result.changed_functions == ["inspect"]

@@ -174,3 +174,11 @@ def test_function_sharing_a_section_is_rejected(tmp_path):
     src = "int one(int x) { return x + 1; }\nint two(int x) { return x + 2; }\n"
     msg = rejection(tmp_path, src, src.replace("x + 2", "x + 3"), flags=["-fno-function-sections"])
     assert "changed function two shares section .text with other code" in msg and "-ffunction-sections" in msg
+
+
+def test_every_module_key_of_a_function_is_named(tmp_path):
+    src = JUMP_LABEL + ("static struct static_key slow_path;\n"
+                        "int keyed_twice(int x) { if (key_on(&fast_path)) x++; if (key_on(&slow_path)) x--; "
+                        "return x * 7; }\n")
+    msg = rejection(tmp_path, src, src.replace("x * 7", "x * 9"), parent_name="mymod")
+    assert "jump label in function keyed_twice uses keys fast_path, slow_path defined in module mymod" in msg

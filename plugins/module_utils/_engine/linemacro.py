@@ -39,10 +39,14 @@ LINE_MACRO_CALLEES = {
     "lockdep_rcu_suspicious": 1, "__ext4_journal_start_sb": 1, "__ext4_journal_start_reserved": 1,
     "__btrfs_abort_transaction": 2, "__btrfs_handle_fs_error": 2, "__jbd2_debug": 3, "xfs_errortag_test": 2,
 }
-# System V argument registers in order: rdi rsi rdx rcx r8 r9 (x86 register numbers).
-ARG_REGISTERS = (7, 6, 2, 1, 8, 9)
+# System V argument registers in order: rdi rsi rdx rcx r8 r9 (x86 register numbers), then the
+# stack: ``STACK_ARGUMENT`` stands for an immediate pushed as the 7th argument.
+STACK_ARGUMENT = 16
+ARG_REGISTERS = (7, 6, 2, 1, 8, 9, STACK_ARGUMENT)
 # How far (bytes) the load of a line may precede the call that consumes it.
 CALL_WINDOW = 96
+# How far after the load a jump to the shared rest of the call setup is looked for.
+JUMP_SCAN = 12
 _LINE_IN_STRING = re.compile(r"(\.[chS]):\d+")
 _CALL_OPCODES = (0xE8, 0xE9)  # call rel32, jmp rel32 (tail call)
 
@@ -53,13 +57,19 @@ def normalise_line_string(text: str) -> str:
 
 
 def imm32_load(data: bytes, lo: int, hi: int) -> Optional[Tuple[int, int]]:
-    """(register, immediate offset) of a ``mov $imm32, %r32`` whose immediate covers data[lo:hi]."""
+    """(register, end of instruction) of a ``mov $imm32, %r32`` — or ``push $imm32``/``push
+    $imm8``, the stack argument — whose immediate covers data[lo:hi]."""
     # nearest opcode first: a byte further back may be another instruction's operand
     for start in range(lo - 1, max(-1, hi - 6), -1):
         op = data[start]
-        rex_b = start > 0 and data[start - 1] == 0x41
-        if 0xB8 <= op <= 0xBF and start + 1 <= lo and hi <= start + 5:
-            return (op - 0xB8) + (8 if rex_b else 0), start + 1
+        if start + 1 <= lo and hi <= start + 5:
+            if 0xB8 <= op <= 0xBF:
+                rex_b = start > 0 and data[start - 1] == 0x41
+                return (op - 0xB8) + (8 if rex_b else 0), start + 5
+            if op == 0x68:
+                return STACK_ARGUMENT, start + 5
+        if op == 0x6A and start + 1 == lo and hi == start + 2:
+            return STACK_ARGUMENT, start + 2
     return None
 
 
@@ -95,27 +105,49 @@ def _next_argument(register: int) -> Optional[int]:
     return None
 
 
-def is_line_immediate(data: bytes, relocs: Sequence[Relocation], register: int, imm: int) -> bool:
-    """Is the immediate loaded into ``register`` at ``imm`` the line argument of the next call?"""
+def _jump_after(data: bytes, at: int, relocated: set) -> Optional[int]:
+    """Target of an unconditional ``jmp`` starting at ``at`` (gcc cross-jumps shared call setup)."""
+    if at + 2 <= len(data) and data[at] == 0xEB:
+        return at + 2 + int.from_bytes(data[at + 1:at + 2], "little", signed=True)
+    if at + 5 <= len(data) and data[at] == 0xE9 and at + 1 not in relocated:
+        return at + 5 + int.from_bytes(data[at + 1:at + 5], "little", signed=True)
+    return None
+
+
+def is_line_immediate(data: bytes, relocs: Sequence[Relocation], register: int, end: int) -> bool:
+    """Is the immediate loaded into ``register`` by the instruction ending at ``end`` the line
+    argument of the next call?"""
     if register not in ARG_REGISTERS:
         return False
     calls = [r for r in relocs if _is_call(data, r)]
-    after = [r for r in calls if imm + 4 <= r.offset <= imm + CALL_WINDOW]
+    relocated = {r.offset for r in relocs}
+    # The call setup goes on after the load, or where a jump shortly after it leads
+    # (gcc cross-jumps the shared tail of similar calls).
+    resumes = [end] + [t for t in (_jump_after(data, at, relocated) for at in range(end, end + JUMP_SCAN))
+                       if t is not None and 0 <= t < len(data)]
+    return any(_line_argument_of_call(data, relocs, calls, register, end, resume) for resume in resumes)
+
+
+def _line_argument_of_call(data: bytes, relocs: Sequence[Relocation], calls: List[Relocation], register: int,
+                           end: int, resume: int) -> bool:
+    after = [r for r in calls if resume <= r.offset <= resume + CALL_WINDOW]
     if not after:
         return False
     call = min(after, key=lambda r: r.offset)
     position = LINE_MACRO_CALLEES.get(call.sym.name)
     if position is not None and ARG_REGISTERS[position] == register:
         return True
-    before = [r.offset for r in calls if r.offset < imm]
-    start = max(max(before) + 4 if before else 0, imm - CALL_WINDOW)
+    before = [r.offset for r in calls if r.offset < end]
+    start = max(max(before) + 4 if before else 0, end - CALL_WINDOW)
+    windows = [(start, end), (resume, call.offset)]
     companions = set()
     for reloc in relocs:
-        if start <= reloc.offset < call.offset and _is_line_companion(reloc):
+        if any(lo <= reloc.offset < hi for lo, hi in windows) and _is_line_companion(reloc):
             loaded = loaded_register(data, reloc.offset)
             if loaded is not None:
                 companions.add(loaded)
-    companions |= _copied_registers(data, start, call.offset, companions)
+    for lo, hi in windows:
+        companions |= _copied_registers(data, lo, hi, companions)
     return any(_next_argument(c) == register for c in companions)
 
 

@@ -222,11 +222,20 @@ def check_keys(keys: Iterable[KeptKey], klp_objects: Dict[int, str]) -> None:
     livepatch relocation.  Module keys are resolved too late (after the jump label
     and static call tables of the patch module are processed).
     """
+    offending: Dict[tuple, List[str]] = {}
     for kept in keys:
         objname = klp_objects.get(id(kept.key))
         if objname is not None and objname != "vmlinux":
-            kind = "jump label" if kept.section == "__jump_table" else "static call"
-            raise PatchRejected("%s in function %s uses key %s defined in module %s: keys in modules cannot "
-                                "be resolved before the patch module's %s is processed; use "
-                                "static_key_enabled() / a plain call instead"
-                                % (kind, kept.function, kept.key.name, objname, kept.section))
+            names = offending.setdefault((kept.section, kept.function, objname), [])
+            if kept.key.name not in names:
+                names.append(kept.key.name)
+    if not offending:
+        return
+    (section, function, objname), names = next(iter(offending.items()))
+    kind = "jump label" if section == "__jump_table" else "static call"
+    others = sorted({f for (_s, f, _o) in offending} - {function})
+    raise PatchRejected("%s in function %s uses key%s %s defined in module %s%s: keys in modules cannot be "
+                        "resolved before the patch module's %s is processed; use static_key_enabled() / a "
+                        "plain call instead"
+                        % (kind, function, "s" if len(names) > 1 else "", ", ".join(names), objname,
+                           " (also in %s)" % ", ".join(others) if others else "", section))
