@@ -294,9 +294,14 @@ class VmPlan:
         return dest
 
     def script(self) -> str:
-        tail = ["say \"trouble $(dmesg | grep -cE '%s')\"" % KERNEL_TROUBLE_RE.pattern,
-                "echo '@@DMESG'", "dmesg | grep -E 'kpatch|livepatch|%s' | tail -n 60" % KERNEL_TROUBLE_RE.pattern]
-        return VM_LIB + "\n".join(self.lines + tail) + "\n"
+        # Only lines the checks caused count: some kernels warn at boot under TCG already.
+        pattern = KERNEL_TROUBLE_RE.pattern
+        head = [f"boot_trouble=$(dmesg | grep -cE '{pattern}')",
+                "echo '@@BOOT-TROUBLE'", f"dmesg | grep -E -A3 '{pattern}' | head -n 40"]
+        tail = [f"say kernel trouble $(( $(dmesg | grep -cE '{pattern}') - boot_trouble ))",
+                "echo '@@TROUBLE'", f"dmesg | grep -E -B3 -A15 '{pattern}' | head -n 150",
+                "echo '@@DMESG'", f"dmesg | grep -E 'kpatch|livepatch|{pattern}' | tail -n 60"]
+        return VM_LIB + "\n".join(head + self.lines + tail) + "\n"
 
 
 def _ship_inputs(plan: VmPlan, art: KernelArtifacts, cp: CorpusPatch) -> Tuple[str, Optional[str]]:

@@ -68,7 +68,7 @@ class DebianVM:
 
     def __init__(self, image: DebianImage, release: Union[str, KernelArtifacts, None] = None, append: str = "",
                  memory_mb: int = 1024, hard_timeout: float = 1800.0, name: str = "vm",
-                 workdir: Optional[Path] = None, boot_timeout: float = 300.0) -> None:
+                 workdir: Optional[Path] = None, boot_timeout: float = 600.0) -> None:
         self.image = image
         # Accept the release name or the KernelArtifacts it came from.
         self.release = image.boot_files(getattr(release, "release", release)).release
@@ -368,3 +368,29 @@ def write_inventory(vms: Sequence[DebianVM], path: Union[Path, str], group: str 
     lines = [f"[{group}]"] + [f"{vm.name} {vm.ansible_host_vars()}" for vm in vms]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _interactive(argv: Sequence[str]) -> int:
+    """``python -m tests.testbed.sshvm [RELEASE...]``: boot a VM, print how to reach it, keep it
+    up until Ctrl-C (or its hard timeout of one hour)."""
+    from tests.testbed.image import build_debian_image  # pylint: disable=import-outside-toplevel
+    from tests.testbed.kernels import DEFAULT_RELEASE, fetch_kernel  # pylint: disable=import-outside-toplevel
+
+    releases = list(argv) or [DEFAULT_RELEASE]
+    image = build_debian_image([fetch_kernel(r, with_dbg=False, with_source=False) for r in releases])
+    with DebianVM(image, name="manual", hard_timeout=3600) as vm:
+        inventory = vm.inventory(vm.workdir / "inventory.ini")
+        print(f"ssh:       {shlex.join(vm.ssh_base(multiplex=False))}")
+        print(f"inventory: {inventory}")
+        print(f"serial:    {vm.serial_log}")
+        try:
+            while vm.running:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_interactive(sys.argv[1:]))

@@ -181,4 +181,4 @@ def test_every_module_key_of_a_function_is_named(tmp_path):
                         "int keyed_twice(int x) { if (key_on(&fast_path)) x++; if (key_on(&slow_path)) x--; "
                         "return x * 7; }\n")
     msg = rejection(tmp_path, src, src.replace("x * 7", "x * 9"), parent_name="mymod")
-    assert "jump label in function keyed_twice uses keys fast_path, slow_path defined in module mymod" in msg
+    assert "jump label in function keyed_twice uses key fast_path defined in module mymod (also: slow_path)" in msg

@@ -234,8 +234,9 @@ def check_keys(keys: Iterable[KeptKey], klp_objects: Dict[int, str]) -> None:
     (section, function, objname), names = next(iter(offending.items()))
     kind = "jump label" if section == "__jump_table" else "static call"
     others = sorted({f for (_s, f, _o) in offending} - {function})
-    raise PatchRejected("%s in function %s uses key%s %s defined in module %s%s: keys in modules cannot be "
+    more = names[1:] + ["%s()" % f for f in others]
+    raise PatchRejected("%s in function %s uses key %s defined in module %s%s: keys in modules cannot be "
                         "resolved before the patch module's %s is processed; use static_key_enabled() / a "
                         "plain call instead"
-                        % (kind, function, "s" if len(names) > 1 else "", ", ".join(names), objname,
-                           " (also in %s)" % ", ".join(others) if others else "", section))
+                        % (kind, function, names[0], objname, " (also: %s)" % ", ".join(more) if more else "",
+                           section))
