@@ -33,3 +33,24 @@ def pytest_terminal_summary(terminalreporter):
     for release, text in sorted(tables.items()):
         terminalreporter.write_sep("=", f"patch corpus {release}")
         terminalreporter.write(text)
+
+
+# Scenarios that cost minutes each under software emulation on 2 cores: they run in
+# `make test-full` (marker `slow`), while `make test` (CI) keeps every other acceptance test.
+SLOW_TESTS = (
+    "test_fleet.py::",  # three full VMs, a reboot and rollback
+    "test_kbuild_tree.py::",  # cold prepare of the 6.1 tree in a fresh directory
+    "test_kbuild_tree_6_12.py::",  # cold prepare of the 6.12 tree
+    "test_target_kpatch.py::test_role_installs_runtime_idempotently",
+    "test_target_kpatch.py::test_install_then_reboot_loads_at_boot",
+    "test_target_kpatch.py::test_kpatch_enable_0_loads_nothing",
+    "test_target_kpatch.py::test_absent_removes_everything",
+    "test_testbed_ssh.py::test_one_image_boots_either_release",
+    "test_testbed_ssh.py::test_restart_with_new_cmdline_then_reboot_keeps_the_overlay",
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(key in item.nodeid for key in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)

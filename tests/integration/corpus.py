@@ -37,6 +37,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline 
     BuildRequest,
     BuildResult,
     build_livepatch,
+    patch_include_dir,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import build_objects, prepare_tree
@@ -203,7 +204,8 @@ def prebuild_objects(art: KernelArtifacts, objects: Sequence[str]) -> None:
     tree = prepare_tree(art.source_tree(), art.config, art.release, cache / "trees", steplog)
     missing = [o for o in objects if not (tree.root / o).is_file()]
     if missing:
-        with_inc = f"{FUNCTION_SECTIONS} -I{cache / 'include'}"
+        # The same flags as the build itself, so kbuild does not rebuild them again right away.
+        with_inc = f"{FUNCTION_SECTIONS} -I{patch_include_dir(cache)}"
         build_objects(tree, missing, with_inc, cache / "prebuilt" / art.release)
 
 
@@ -389,7 +391,7 @@ def plan_replace(plan: VmPlan, art: KernelArtifacts, a: CorpusPatch, a_ko: Path,
                    f"load replace load-b {kb} {sb}",
                    f"check replace/{a.name} b-loaded {a_check}"]
     plan.lines += [f"check replace/{cp.name} b-loaded {check}" for cp, check in b_checks]
-    plan.lines += [f"say \"replace livepatch-dir $(ls /sys/kernel/livepatch | tr '\\n' ',')\"",
+    plan.lines += ["say \"replace livepatch-dir $(ls /sys/kernel/livepatch | tr '\\n' ',')\"",
                    f"if rmmod {sa}; then say 'replace rmmod-a ok'; else say 'replace rmmod-a fail'; fi",
                    f"unload replace unload-b {sb}"]
     plan.lines += [f"check replace/{cp.name} b-unloaded {check}" for cp, check in b_checks]

@@ -121,7 +121,7 @@ def read_gaps(release: str) -> Dict[str, str]:
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                name, _, reason = line.partition(":")
+                name, reason = line.split(":", 1) if ":" in line else (line, "")
                 gaps[name.strip()] = reason.strip()
     return gaps
 
