@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: kpatch.livepatch contributors
-# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v2.0 or later; by its "any later version" clause that includes
+# version 3 (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Ansible module kpatch_build: build a livepatch module from source patches on a build host."""
 
 from __future__ import absolute_import, division, print_function
@@ -25,7 +26,7 @@ description:
   - Patches to loadable modules are supported; the object a changed file links into is read from the
     tree's kbuild Makefiles, and the module's own C(.ko) under O(modules_dir) gives its symbols.
 author:
-  - kpatch.livepatch contributors
+  - kpatch.livepatch contributors (@kpatch-livepatch)
 requirements:
   - pyelftools on the build host
   - gcc of the same version that built the kernel, make, bison, flex, libelf headers
@@ -98,6 +99,7 @@ attributes:
     description: Reports whether a build would happen (cache miss) and what it would produce; builds nothing.
   diff_mode:
     support: none
+    description: A build creates a new file; there is no before and after to show.
 notes:
   - Each build writes a log with one line per step and its wall time; its path is returned as RV(log).
 """

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.testbed.fixtures import debian_image, debian_vm, debian_vm_factory  # noqa: F401  (fixtures)
+# Imported so that pytest sees the fixtures in every integration test.
+from tests.testbed.fixtures import debian_image, debian_vm, debian_vm_factory  # noqa: F401  pylint: disable=unused-import
 from tests.testbed.kernels import DEFAULT_RELEASE, fetch_kernel
 
 
