@@ -5,7 +5,9 @@ the exact Debian source, then loaded in that kernel booted under qemu, where its
 before, during and after the patch.
 """
 
+import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -69,8 +71,16 @@ def functions_by_object(run):
     return {o["object"]: (o["parent"], o["changed_functions"], o["new_functions"]) for o in run.result["objects"]}
 
 
+def forget_cached_module(env, name):
+    """Drop earlier runs' cached builds of ``name`` so that this run really builds it."""
+    for entry in (env["cache"] / "modules").glob("*/result.json"):
+        if json.loads(entry.read_text()).get("module_name") == name:
+            shutil.rmtree(entry.parent)
+
+
 @pytest.fixture(scope="module")
 def meminfo(env):
+    forget_cached_module(env, "livepatch-meminfo")
     run = build(env, [EXAMPLES / "meminfo-string.patch"], "livepatch-meminfo")
     assert not run.failed, run.output
     return run
