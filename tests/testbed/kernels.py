@@ -215,29 +215,24 @@ def _unpack_sysroot(art: KernelArtifacts) -> None:
         raise
 
 
-def _unpack_dbg(art: KernelArtifacts) -> None:
-    """Only vmlinux and System.map from the -dbg package (the module debug files are GBs)."""
-    out = art.vmlinux
-    tmp = Path(tempfile.mkdtemp(dir=art.root, prefix=".dbg-"))
+def _extract_one(art: KernelArtifacts, role: str, member: str, out: Path) -> None:
+    """One file of a downloaded .deb into ``out``, via a temporary directory and a rename."""
+    tmp = Path(tempfile.mkdtemp(dir=art.root, prefix=f".{role}-"))
     try:
-        member = f"./usr/lib/debug/boot/vmlinux-{art.release}"
-        _extract(art.debs["dbg"], tmp, [member])
+        _extract(art.debs[role], tmp, [member])
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / member, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unpack_dbg(art: KernelArtifacts) -> None:
+    """Only vmlinux from the -dbg package (the module debug files are GBs)."""
+    _extract_one(art, "dbg", f"./usr/lib/debug/boot/vmlinux-{art.release}", art.vmlinux)
 
 
 def _unpack_source_tarball(art: KernelArtifacts) -> None:
-    out = art.source_tarball
-    tmp = Path(tempfile.mkdtemp(dir=art.root, prefix=".source-"))
-    try:
-        member = f"./usr/src/linux-source-{art.spec.series}.tar.xz"
-        _extract(art.debs["source"], tmp, [member])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / member, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _extract_one(art, "source", f"./usr/src/linux-source-{art.spec.series}.tar.xz", art.source_tarball)
 
 
 def _unpack_source(tarball: Path, tree: Path) -> None:

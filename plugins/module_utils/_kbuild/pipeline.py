@@ -41,6 +41,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree impo
     objects_for_sources,
     patched_tree,
     prepare_tree,
+    sha256_file,
 )
 
 # Bumped when the cache layout or the meaning of a cached result changes.
@@ -143,14 +144,6 @@ def check_inputs(req: BuildRequest) -> None:
         raise KbuildError("signing needs both signing_key and signing_cert")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _code_identity() -> str:
     """Hash of the engine, build and hook sources: a new collection version rebuilds modules."""
     here = Path(__file__).resolve().parent
@@ -169,13 +162,13 @@ def cache_key(req: BuildRequest) -> str:
     vm = os.stat(req.vmlinux)
     parts = {
         "format": CACHE_FORMAT,
-        "patches": [_sha256(Path(p)) for p in req.patches],
+        "patches": [sha256_file(Path(p)) for p in req.patches],
         "release": req.release,
-        "config": _sha256(Path(req.config)),
+        "config": sha256_file(Path(req.config)),
         "vmlinux": [vm.st_size, int(vm.st_mtime)],
         "name": req.module_name,
         "replace": req.replace,
-        "signed": _sha256(Path(req.signing_cert)) if req.signing_cert else None,
+        "signed": sha256_file(Path(req.signing_cert)) if req.signing_cert else None,
         "code": _code_identity(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -189,7 +182,7 @@ def cached_result(req: BuildRequest, key: str) -> Optional[BuildResult]:
     except (OSError, ValueError):
         return None
     ko = Path(data["module_path"])
-    if not ko.is_file() or _sha256(ko) != data["sha256"]:
+    if not ko.is_file() or sha256_file(ko) != data["sha256"]:
         return None
     data["objects"] = [ObjectDiff(**o) for o in data.get("objects", [])]
     data["cached"] = True
@@ -389,7 +382,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     if info.release != req.release:
         raise KbuildError(f"built module has vermagic {info.vermagic!r}, not for {req.release}: "
                           "the headers do not belong to this release")
-    return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=_sha256(ko), vermagic=info.vermagic,
+    return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=sha256_file(ko), vermagic=info.vermagic,
                        release=req.release, replace=req.replace, cached=False, objects=diffs, log=str(log.path),
                        cache_key=key)
 
