@@ -169,9 +169,10 @@ def build_cache() -> Path:
 def module_tree(art: KernelArtifacts) -> Path:
     """``lib/modules/<release>`` with every module as a plain ``.ko``.
 
-    Debian's 6.12 packages ship ``.ko.xz``; the build needs the patched module's symbol table
-    and busybox insmod needs an uncompressed file, so compressed trees are unpacked once into
-    the cache (releases with plain ``.ko`` files are used in place).
+    Debian's 6.12 packages ship ``.ko.xz`` and busybox insmod in the test VM needs an
+    uncompressed file, so compressed trees are unpacked once into the cache for the VM (releases
+    with plain ``.ko`` files are used in place).  Builds get the packed tree as shipped: reading
+    compressed modules is the build's job.
     """
     if not any(art.modules_dir.rglob("*.ko.xz")):
         return art.modules_dir
@@ -194,7 +195,7 @@ def make_request(art: KernelArtifacts, patches: Sequence[Path], name: str, out_d
                  replace: bool = True) -> BuildRequest:
     return BuildRequest(patches=list(patches), release=art.release, source_dir=art.source_tree(), config=art.config,
                         vmlinux=art.vmlinux, headers=art.headers, cache_dir=build_cache(), output_dir=out_dir,
-                        name=name, replace=replace, modules_dir=module_tree(art))
+                        name=name, replace=replace, modules_dir=art.modules_dir)
 
 
 def prebuild_objects(art: KernelArtifacts, objects: Sequence[str]) -> None:

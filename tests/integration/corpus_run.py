@@ -29,7 +29,6 @@ from tests.integration.corpus import (  # noqa: E402
     build_one,
     function_mismatch,
     load_corpus,
-    module_tree,
     plan_combined,
     plan_replace,
     plan_single,
@@ -129,7 +128,7 @@ def read_gaps(release: str) -> Dict[str, str]:
 def build_combined(art: KernelArtifacts, patches: Sequence[CorpusPatch], out_dir: Path) -> BuildOutcome:
     """The cumulative module, built the way a user builds one: through the kpatch_build module."""
     args = {"release": art.release, "source_dir": str(art.source_tree()), "config": str(art.config),
-            "vmlinux": str(art.vmlinux), "headers": str(art.headers), "modules_dir": str(module_tree(art)),
+            "vmlinux": str(art.vmlinux), "headers": str(art.headers), "modules_dir": str(art.modules_dir),
             "output_dir": str(out_dir), "cache_dir": str(build_cache()),
             "patches": [str(cp.patch) for cp in patches], "name": COMBINED}
     run = run_module("kpatch_build", args)

@@ -23,7 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import check_compiler
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
+    check_compiler,
+    host_compiler,
+    kernel_compiler,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
     build_patch_module,
     kmod_sources,
@@ -50,6 +54,8 @@ FUNCTION_SECTIONS = "-ffunction-sections -fdata-sections"
 # Objects kpatch refuses for good reasons: lib/ objects may be archive members linked only when
 # used, so a function there may not exist in vmlinux at all, or exist in several copies.
 REFUSED_DIRS = ("lib/", "arch/x86/lib/")
+# What follows ".ko" in a module file name: plain, or compressed the ways distros ship them.
+MODULE_SUFFIXES = ("", ".xz", ".gz", ".zst")
 
 
 class NoChangesError(KbuildError):
@@ -142,6 +148,37 @@ def check_inputs(req: BuildRequest) -> None:
         raise KbuildError(f"kernel {req.release} has no CONFIG_LIVEPATCH=y in {req.config}: it cannot load livepatch modules")
     if bool(req.signing_key) != bool(req.signing_cert):
         raise KbuildError("signing needs both signing_key and signing_cert")
+    if req.signing_key:
+        check_signing_inputs(req)
+
+
+def _is_pkcs11(key: object) -> bool:
+    return str(key).startswith("pkcs11:")
+
+
+def sign_file_path(req: BuildRequest) -> Path:
+    return Path(req.headers) / "scripts" / "sign-file"
+
+
+def signature_hash(req: BuildRequest) -> str:
+    """The kernel's module signature digest (``CONFIG_MODULE_SIG_HASH``), sha256 when not set."""
+    for line in Path(req.config).read_text(errors="replace").splitlines():
+        if line.startswith("CONFIG_MODULE_SIG_HASH="):
+            return line.split("=", 1)[1].strip().strip('"') or "sha256"
+    return "sha256"
+
+
+def check_signing_inputs(req: BuildRequest) -> None:
+    """The signing key, its certificate and the release's ``sign-file`` exist (no compile before this)."""
+    sign_file = sign_file_path(req)
+    if not sign_file.is_file():
+        raise KbuildError(f"cannot sign: {sign_file} not found in the kernel headers {req.headers} "
+                          "(Debian ships it in linux-kbuild-X.Y)")
+    if not _is_pkcs11(req.signing_key) and not Path(str(req.signing_key)).is_file():
+        raise KbuildError(f"signing_key {req.signing_key} does not exist (a PEM private key file or a pkcs11: URI)")
+    if not Path(str(req.signing_cert)).is_file():
+        raise KbuildError(f"signing_cert {req.signing_cert} does not exist (the X.509 certificate of signing_key, "
+                          "PEM or DER)")
 
 
 def _code_identity() -> str:
@@ -168,10 +205,31 @@ def cache_key(req: BuildRequest) -> str:
         "vmlinux": [vm.st_size, int(vm.st_mtime)],
         "name": req.module_name,
         "replace": req.replace,
-        "signed": sha256_file(Path(req.signing_cert)) if req.signing_cert else None,
+        "signed": _signing_identity(req),
+        "compiler": build_compiler(req),
         "code": _code_identity(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _signing_identity(req: BuildRequest) -> Optional[List[str]]:
+    """Certificate and key of a signed build: a module signed with one key is never returned for another."""
+    if not req.signing_key or not req.signing_cert:
+        return None
+    key = str(req.signing_key) if _is_pkcs11(req.signing_key) else sha256_file(Path(str(req.signing_key)))
+    return [sha256_file(Path(str(req.signing_cert))), key, signature_hash(req)]
+
+
+def build_compiler(req: BuildRequest) -> Optional[str]:
+    """The host compiler when a build would use one other than the kernel's (skip_compiler_check), else None.
+
+    Without the skip a build only ever runs with the kernel's compiler, which vmlinux already
+    identifies; with it, objects from another compiler are different bytes and must not share a key.
+    """
+    if not req.skip_compiler_check:
+        return None
+    host = host_compiler()
+    return None if host == kernel_compiler(Path(req.vmlinux)) else host
 
 
 def cached_result(req: BuildRequest, key: str) -> Optional[BuildResult]:
@@ -204,17 +262,36 @@ def parent_of(goal_kind: str, goal_module: Optional[str], obj: str) -> str:
     raise KbuildError(f"{obj}: cannot tell whether it links into vmlinux or a module ({goal_kind})")
 
 
-def find_module_ko(modules_dir: Optional[Path], module: str) -> Path:
-    """The release's own ``<module>.ko`` (its symbol table is the parent for lookups)."""
+def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> Path:
+    """The release's own ``<module>.ko`` (its symbol table is the parent for lookups).
+
+    Distros ship modules compressed (Debian 6.12: ``.ko.xz``; others ``.ko.zst``/``.ko.gz``);
+    a compressed one is unpacked into ``scratch`` and that plain copy is returned.
+    """
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
+        ModinfoError,
+        decompress_module,
+    )
+
     if modules_dir is None or not Path(modules_dir).is_dir():
         raise KbuildError(f"the patch changes module {module}, but no modules directory was given "
                           f"(/lib/modules/<release> of the target kernel)")
     names = {module, module.replace("_", "-")}
     for path in sorted(Path(modules_dir).rglob("*.ko*")):
-        base = path.name.split(".ko")[0]
-        if base in names and path.name.endswith(".ko"):
+        base, _sep, suffix = path.name.partition(".ko")
+        if base not in names or suffix not in MODULE_SUFFIXES:
+            continue
+        if not suffix:
             return path
-    raise KbuildError(f"module {module}.ko not found under {modules_dir} (compressed modules must be unpacked)")
+        try:
+            plain = decompress_module(str(path), path.read_bytes())
+        except ModinfoError as exc:
+            raise KbuildError(str(exc)) from exc
+        scratch.mkdir(parents=True, exist_ok=True)
+        dest = scratch / f"{base}.ko"
+        dest.write_bytes(plain)
+        return dest
+    raise KbuildError(f"module {module}.ko (plain, .xz, .gz or .zst) not found under {modules_dir}")
 
 
 def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched_dir: Path,
@@ -230,7 +307,8 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     for index, (obj, parent) in enumerate(sorted(pairs.items())):
         with log.step("diff-object", obj) as res:
             if parent not in symtabs:
-                source = req.vmlinux if parent == "vmlinux" else find_module_ko(req.modules_dir, parent)
+                source = (req.vmlinux if parent == "vmlinux"
+                          else find_module_ko(req.modules_dir, parent, out_dir.parent / "parents"))
                 symtabs[parent] = load_parent_symtab(str(source), parent)
             out = out_dir / f"output-{index}-{Path(obj).stem}.o"
             result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
@@ -265,13 +343,23 @@ def patch_include_dir(cache_dir: Path) -> Path:
     return inc
 
 
-def sign_module(req: BuildRequest, ko: Path, log: StepLog) -> None:
-    sign_file = Path(req.headers) / "scripts" / "sign-file"
+def sign_module(req: BuildRequest, ko: Path, log: StepLog, step: str = "sign", what: str = "sign-file") -> None:
+    """Append the kernel's module signature to ``ko`` with the release's ``sign-file``."""
+    sign_file = sign_file_path(req)
     if not sign_file.exists():
         raise KbuildError(f"cannot sign: {sign_file} not found in the kernel headers")
-    with log.step("sign", str(ko)):
-        run_logged(log, [str(sign_file), "sha256", str(req.signing_key), str(req.signing_cert), str(ko)],
-                   what="sign-file")
+    with log.step(step, str(ko)):
+        run_logged(log, [str(sign_file), signature_hash(req), str(req.signing_key), str(req.signing_cert), str(ko)],
+                   what=what)
+
+
+def check_signing(req: BuildRequest, work: Path, log: StepLog) -> None:
+    """Sign a scratch file before any compile: a key that does not match its certificate, a key
+    ``sign-file`` cannot read or a wrong ``KBUILD_SIGN_PIN`` fails here, not after the build."""
+    probe = work / "sign-probe"
+    probe.write_bytes(b"kpatch-livepatch signing probe\n")
+    sign_module(req, probe, log, step="check-signing",
+                what=f"signing with signing_key {req.signing_key} and signing_cert {req.signing_cert}")
 
 
 def _publish(ko: Path, final_dir: Path, name: str) -> Path:
@@ -335,16 +423,24 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import read_modinfo
 
     t = time.monotonic()
-    with log.step("check-compiler"):
-        check_compiler(Path(req.vmlinux), skip_compiler_check=req.skip_compiler_check)
+    with log.step("check-compiler") as res:
+        compiler = check_compiler(Path(req.vmlinux), skip_compiler_check=req.skip_compiler_check)
+        res.detail = compiler.host if compiler.matches else f"kernel '{compiler.kernel}', host '{compiler.host}' (skipped)"
+    if req.signing_key:
+        check_signing(req, work, log)
     with log.step("struct-sizes") as res:
         sizes = special_struct_sizes(Path(req.vmlinux), req.release, Path(req.cache_dir) / "structsizes",
                                      config=Path(req.config))
         res.detail = " ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
     _timed(timings, "checks", t)
     t = time.monotonic()
-    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, Path(req.cache_dir) / "trees", log,
-                        jobs=req.jobs)
+    trees = Path(req.cache_dir) / "trees"
+    if not compiler.matches:
+        # The shared tree is configured for the kernel's compiler (CONFIG_CC_VERSION_TEXT): kbuild
+        # would reconfigure it in place for another one. That compiler gets a tree of its own.
+        trees = Path(req.cache_dir) / "trees-by-compiler" / hashlib.sha256(compiler.host.encode()).hexdigest()[:16]
+        log.note("prepare-tree", f"compiler '{compiler.host}' is not the kernel's: tree under {trees}")
+    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs)
     _timed(timings, "prepare_tree", t)
     t = time.monotonic()
     files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
