@@ -82,15 +82,21 @@ options:
     type: path
     default: /var/cache/kpatch-build
   signing_key:
-    description: Private key to sign the module with the kernel's C(sign-file). Needs O(signing_cert).
+    description:
+      - Private key (PEM file, or a C(pkcs11:) URI) to sign the module with the release's C(scripts/sign-file)
+        from O(headers), with the kernel's C(CONFIG_MODULE_SIG_HASH). Needs O(signing_cert).
+      - The key, the certificate and C(sign-file) are checked, and a scratch file is signed, before anything is
+        compiled. A passphrase is read from the C(KBUILD_SIGN_PIN) environment variable, as by kbuild.
     type: path
   signing_cert:
-    description: Certificate matching O(signing_key).
+    description: X.509 certificate (PEM or DER) matching O(signing_key); it identifies the signer in the signature.
     type: path
   skip_compiler_check:
     description:
       - Build even when the host's gcc is not the one recorded in vmlinux's C(.comment).
       - Dangerous; code compiled by another compiler may not match the running kernel.
+      - A compiler other than the kernel's gets its own prepared tree (under C(cache_dir/trees-by-compiler)),
+        so the shared tree stays configured for the kernel's compiler; its modules are cached apart.
     type: bool
     default: false
 attributes:

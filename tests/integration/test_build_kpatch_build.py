@@ -54,9 +54,10 @@ def env(kernel_6_1, tmp_path_factory):
     }
 
 
-def build(env, patches, name, check=False, **overrides):
+def build(env, patches, name, check=False, run_env=None, **overrides):
+    """Run kpatch_build through Ansible; ``run_env`` is added to the module's environment."""
     args = dict(env["args"], patches=[str(p) for p in patches], name=name, **overrides)
-    return run_module("kpatch_build", args, check=check)
+    return run_module("kpatch_build", args, check=check, env=run_env)
 
 
 def vm(env, files, script):

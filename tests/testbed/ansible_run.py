@@ -45,8 +45,11 @@ def ansible_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 def run_module(module: str, args: Dict[str, object], hosts: str = "localhost",
                inventory: Optional[Path] = None, check: bool = False, diff: bool = False,
-               timeout: float = 900) -> ModuleRun:
-    """``ansible HOSTS -m kpatch.livepatch.MODULE -a JSON -o`` and the parsed result of one host."""
+               timeout: float = 900, env: Optional[Dict[str, str]] = None) -> ModuleRun:
+    """``ansible HOSTS -m kpatch.livepatch.MODULE -a JSON -o`` and the parsed result of one host.
+
+    ``env`` is added to Ansible's environment, which a local module inherits (e.g. a ``PATH``).
+    """
     cmd: List[str] = [str(BIN / "ansible"), hosts, "-m", f"kpatch.livepatch.{module}", "-a", json.dumps(args), "-o"]
     if inventory is not None:
         cmd += ["-i", str(inventory)]
@@ -56,7 +59,7 @@ def run_module(module: str, args: Dict[str, object], hosts: str = "localhost",
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), cwd=REPO, timeout=timeout,
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=REPO, timeout=timeout,
                           check=False)
     output = proc.stdout + proc.stderr
     result: Dict[str, object] = {}

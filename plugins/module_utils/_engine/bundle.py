@@ -139,7 +139,7 @@ def _candidate_offsets(reloc: Relocation, base: Section) -> Tuple[int, ...]:
     return (reloc.addend,)
 
 
-def _pc_relative_bias(reloc: Relocation, base: Section) -> int:
+def pc_relative_bias(reloc: Relocation, base: Section) -> int:
     """The usual distance from a PC-relative field to the end of its instruction."""
     if base.is_text and reloc.type in (R_X86_64_PC32, R_X86_64_PLT32):
         return 4
@@ -223,7 +223,7 @@ def annotate_strings(obj: ElfObject) -> None:
             sec = reloc.sym.section
             if sec is None or not is_string_section(sec) or reloc.sym.type not in (STT_SECTION, STT_NOTYPE):
                 continue
-            start = reloc.sym.value + reloc.addend + _pc_relative_bias(reloc, rela.base)
+            start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, rela.base)
             end = sec.data.find(b"\0", start)
             if 0 <= start <= len(sec.data):
                 reloc.string = sec.data[start:end if end >= 0 else len(sec.data)].decode("latin-1")
@@ -244,7 +244,7 @@ def annotate_constants(obj: ElfObject) -> None:
             width = constant_width(sec) if sec is not None else 0
             if not width or reloc.sym.type not in (STT_SECTION, STT_NOTYPE):
                 continue
-            start = reloc.sym.value + reloc.addend + _pc_relative_bias(reloc, rela.base)
+            start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, rela.base)
             if 0 <= start <= len(sec.data) - width:
                 reloc.string = "cst:" + sec.data[start:start + width].hex()
 

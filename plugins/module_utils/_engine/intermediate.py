@@ -75,6 +75,14 @@ addend (so ``ld -r`` keeps them valid when objects are merged).
 
 The ``.rela.kpatch.*`` sections holding those relocations are ordinary
 SHT_RELA sections (flags SHF_INFO_LINK) written by the ELF writer.
+
+Placeholders: every relocation recorded in ``.kpatch.relocations`` also stays in
+its ordinary ``.rela`` section, retargeted to an undefined STB_WEAK symbol named
+``.klp.sym.<ksym objname>.<name>,<sympos>`` (``placeholder_name``), so that the
+linked module's code reads as calls and references to a named external symbol
+(objtool needs that; weak keeps modpost quiet).  The klp converter deletes each
+such relocation after matching it with its record (same place, type, addend and
+name); a placeholder relocation left over is an error, never loaded.
 """
 
 from __future__ import annotations
@@ -124,6 +132,11 @@ class KlpSymbol:
     sympos: int
     bind: int
     type: int
+
+
+def placeholder_name(ksym: KlpSymbol) -> str:
+    """The livepatch symbol name ``ksym`` will have, used for its placeholder until then."""
+    return ".klp.sym.%s.%s,%d" % (ksym.objname, ksym.name, ksym.sympos)
 
 
 @dataclass
@@ -224,7 +237,7 @@ def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
     for reloc in klp_relocs:
         base = len(data)
         data += RELOCATION_ENTRY.pack(0, reloc.type, int(reloc.external), reloc.addend, 0, 0)
-        relocs.append(Relocation(offset=base, type=R_X86_64_64, sym=_section_symbol(obj, reloc.section),
+        relocs.append(Relocation(offset=base, type=R_X86_64_64, sym=section_symbol(obj, reloc.section),
                                  addend=reloc.offset))
         relocs.append(string_ref(base + 24, reloc.objname or reloc.target.objname))
         relocs.append(Relocation(offset=base + 32, type=R_X86_64_64, sym=syms_sec.secsym,
@@ -236,10 +249,11 @@ def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
     return len(funcs), len(klp_relocs)
 
 
-def _section_symbol(obj: ElfObject, sec: Section) -> Symbol:
-    """The STT_SECTION symbol of ``sec``, created if the engine dropped it."""
+def section_symbol(obj: ElfObject, sec: Section) -> Symbol:
+    """The STT_SECTION symbol of ``sec`` in ``obj``'s table, created if the engine dropped it."""
     if sec.secsym is None:
         sec.secsym = Symbol(name=sec.name, type=STT_SECTION, bind=STB_LOCAL, section=sec)
+    if not any(s is sec.secsym for s in obj.symbols):
         obj.symbols.append(sec.secsym)
     sec.secsym.include = True
     return sec.secsym

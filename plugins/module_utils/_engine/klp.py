@@ -20,7 +20,17 @@ The kernel parses ``<objname>`` up to the first '.', reads at most 55
 characters of it and 511 of the name, and refuses a module-specific section
 that references a vmlinux symbol; all of that is checked here first.  The two
 consumed sections and their ``.rela`` sections are dropped; ``.kpatch.funcs``
-and ``.kpatch.strings`` stay (the module's hook walks them at init).  The
+and ``.kpatch.strings`` stay (the module's hook walks them at init).
+
+Each record has a twin in the ordinary ``.rela`` section of its destination: the
+engine's placeholder relocation against an undefined weak ``.klp.sym.*`` symbol
+(see ``intermediate.py``).  Each is removed after checking it matches its record
+(the module loader would otherwise resolve the weak symbol to 0 and write there,
+and livepatch refuses to relocate a non-zero place); a placeholder relocation with
+no record is an error.  Entries of ``.call_sites`` (objtool's list of direct
+calls, patched at load for call depth tracking) that point at a call whose target
+only livepatch resolves are dropped too: at load time that call still reads
+``call .+0``, and the kernel would warn about, or mis-patch, its missing padding.  The
 ``external`` field is not needed here: the engine already names the exporting
 module as the symbol's object, and the kernel resolves it when that module loads.
 """
@@ -29,7 +39,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_32,
@@ -65,6 +75,8 @@ SYMBOL_ENTRY = struct.Struct("<QQBB6xQQ")  # src sympos bind type name objname
 _DEST, _OBJNAME, _KSYM = 0, 24, 32  # field offsets in a relocation entry
 _SYM_NAME, _SYM_OBJNAME = 24, 32  # field offsets in a symbol entry
 CONSUMED = (".kpatch.relocations", ".kpatch.symbols")
+CALL_SITES = ".call_sites"
+CALL_OPCODE = 0xE8
 
 
 class KlpError(ValueError):
@@ -78,6 +90,8 @@ class KlpResult:
     relocations: int = 0
     symbols: int = 0
     sections: List[str] = field(default_factory=list)
+    placeholders: int = 0
+    call_sites_dropped: int = 0
 
 
 @dataclass
@@ -163,6 +177,9 @@ class _Builder:
         self.symbols: Dict[str, Symbol] = {}
         self.sections: Dict[str, Section] = {}
         self.symtab = next((s for s in obj.sections if s.name == ".symtab"), None)
+        self.placeholders = 0
+        # (id(section), offset) of every place a livepatch relocation writes.
+        self.klp_sites: Set[Tuple[int, int]] = set()
 
     def symbol(self, target: _Target) -> Symbol:
         name = "%s%s.%s,%d" % (KLP_SYM_PREFIX, target.objname, target.name, target.sympos)
@@ -173,6 +190,22 @@ class _Builder:
         elif (sym.bind, sym.type) != (target.bind, target.type):
             raise KlpError("%s: %s is recorded with two different bind/type pairs" % (self.obj.path, name))
         return sym
+
+    def take_placeholder(self, sec: Section, offset: int, rtype: int, addend: int, name: str) -> None:
+        """Remove the placeholder relocation twin of a record, after checking it matches."""
+        self.klp_sites.add((id(sec), offset))
+        twin = None
+        if sec.rela is not None:
+            twin = next((r for r in sec.rela.relocations if r.offset == offset and _is_placeholder(r.sym)), None)
+        if twin is None:
+            # Outputs of engines before placeholders existed: the place already reads 0.
+            return
+        if (twin.type, twin.addend, twin.sym.name) != (rtype, addend, name):
+            raise KlpError("%s: placeholder relocation at %s+%#x (%s, type %d, addend %d) does not match its "
+                           "record (%s, type %d, addend %d)" % (self.obj.path, sec.name, offset, twin.sym.name,
+                                                                twin.type, twin.addend, name, rtype, addend))
+        sec.rela.relocations.remove(twin)
+        self.placeholders += 1
 
     def section(self, objname: str, base: Section) -> Section:
         name = "%s%s.%s" % (KLP_RELA_PREFIX, objname, base.name)
@@ -212,9 +245,55 @@ def _convert_entries(obj: ElfObject, builder: _Builder) -> int:
             raise KlpError("%s: relocation destination %s+%#x is outside the section"
                            % (obj.path, dest_sec.name, dest_off))
         sec = builder.section(objname, dest_sec)
-        sec.relocations.append(Relocation(dest_off, rtype, builder.symbol(target), addend))
+        klp_sym = builder.symbol(target)
+        sec.relocations.append(Relocation(dest_off, rtype, klp_sym, addend))
+        builder.take_placeholder(dest_sec, dest_off, rtype, addend, klp_sym.name)
         count += 1
     return count
+
+
+def _is_placeholder(sym: Symbol) -> bool:
+    return sym.section is None and sym.shndx == 0 and sym.name.startswith(KLP_SYM_PREFIX)
+
+
+def _drop_placeholder_symbols(obj: ElfObject) -> None:
+    """Every placeholder relocation must have been matched; then the placeholder symbols go."""
+    for sec in obj.sections:
+        for rel in sec.relocations:
+            if _is_placeholder(rel.sym):
+                base = sec.base.name if sec.base is not None else sec.name
+                raise KlpError("%s: relocation at %s+%#x against %s has no .kpatch.relocations record: the "
+                               "module would load with a hole there" % (obj.path, base, rel.offset, rel.sym.name))
+    obj.symbols = [s for s in obj.symbols if not _is_placeholder(s)]
+    emptied = {id(s) for s in obj.sections if s.sh_type == SHT_RELA and s.base is not None and not s.relocations}
+    for sec in obj.sections:
+        if sec.rela is not None and id(sec.rela) in emptied:
+            sec.rela = None
+    obj.sections = [s for s in obj.sections if id(s) not in emptied]
+
+
+def _drop_klp_call_sites(obj: ElfObject, builder: "_Builder") -> int:
+    """Drop ``.call_sites`` entries for calls that only a livepatch relocation completes."""
+    sites = obj.find_section(CALL_SITES)
+    if sites is None or sites.rela is None or not builder.klp_sites:
+        return 0
+    kept: List[Relocation] = []
+    for rel in sorted(sites.rela.relocations, key=lambda r: r.offset):
+        target = rel.sym.section
+        insn = (rel.sym.value + rel.addend) if target is not None else -1
+        is_klp_call = (target is not None and (id(target), insn + 1) in builder.klp_sites
+                       and 0 <= insn < len(target.data) and target.data[insn] == CALL_OPCODE)
+        if not is_klp_call:
+            kept.append(rel)
+    dropped = len(sites.rela.relocations) - len(kept)
+    if dropped:
+        entry = 4  # one s32 PC-relative offset per call (filled in by the relocation)
+        for index, rel in enumerate(kept):
+            rel.offset = index * entry
+        sites.rela.relocations = kept
+        sites.data = bytes(entry * len(kept))
+        sites.size = len(sites.data)
+    return dropped
 
 
 def _drop_consumed(obj: ElfObject) -> None:
@@ -254,10 +333,13 @@ def convert_to_klp(obj: ElfObject) -> KlpResult:
     if builder.symtab is None:
         raise KlpError("%s: no .symtab section" % obj.path)
     count = _convert_entries(obj, builder)
+    dropped_sites = _drop_klp_call_sites(obj, builder)
+    _drop_placeholder_symbols(obj)
     _drop_consumed(obj)
     obj.sections.extend(builder.sections.values())
     obj.symbols.extend(builder.symbols.values())
-    return KlpResult(relocations=count, symbols=len(builder.symbols), sections=list(builder.sections))
+    return KlpResult(relocations=count, symbols=len(builder.symbols), sections=list(builder.sections),
+                     placeholders=builder.placeholders, call_sites_dropped=dropped_sites)
 
 
 def create_klp_module(in_path: str, out_path: str) -> KlpResult:

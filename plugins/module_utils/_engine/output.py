@@ -4,10 +4,17 @@
 """Output pass: turn the included part of the patched object into the output model.
 
 Included sections keep their order; their relocations stay, except those whose
-target is not in the output and is not an export of vmlinux: those move into
-``.kpatch.relocations`` (see ``intermediate.py``).  Symbols that are referenced
-but not included become undefined; undefined locals (and globals no longer
-referenced) are dropped, since only a livepatch relocation can reach them.
+target is not in the output and is not an export of vmlinux: those are recorded in
+``.kpatch.relocations`` (see ``intermediate.py``) and, in place, retargeted to an
+undefined weak *placeholder* symbol named like the livepatch symbol they become
+(``.klp.sym.<objname>.<name>,<sympos>``).  The placeholder keeps every call and
+jump visible to objtool when kbuild runs it on the linked patch module (IBT
+kernels): without it the instruction reads ``call .+0`` and objtool gives up on
+the whole module, leaving it without ORC data and return/retpoline sites.  The
+klp converter removes each placeholder relocation again, checking it against its
+record.  Symbols that are referenced but not included become undefined;
+undefined locals (and globals no longer referenced) are dropped, since only a
+livepatch relocation can reach them.
 """
 
 from __future__ import annotations
@@ -17,17 +24,24 @@ from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHN_UNDEF,
+    STB_WEAK,
     STT_FILE,
+    STT_FUNC,
+    STT_NOTYPE,
     STT_SECTION,
     ElfObject,
+    Relocation,
     Section,
     Symbol,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.bundle import pc_relative_bias
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import (
     KlpRelocation,
     KlpSymbol,
     PatchedFunc,
     emit_intermediate_sections,
+    placeholder_name,
+    section_symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError, Resolver
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
@@ -79,10 +93,23 @@ def _resolve_changed_functions(changed: List[Symbol], resolver: Resolver) -> Lis
     return funcs
 
 
-def _klp_relocations(sections: List[Section], resolver: Resolver) -> Tuple[List[KlpRelocation], Dict[int, str]]:
+def _placeholder(placeholders: Dict[KlpSymbol, Symbol], ksym: KlpSymbol) -> Symbol:
+    """The undefined weak symbol standing in for ``ksym`` until the klp conversion (one per target)."""
+    sym = placeholders.get(ksym)
+    if sym is None:
+        sym = Symbol(name=placeholder_name(ksym), bind=STB_WEAK, type=STT_NOTYPE, shndx=SHN_UNDEF)
+        sym.include = True
+        placeholders[ksym] = sym
+    return sym
+
+
+def _klp_relocations(sections: List[Section], resolver: Resolver
+                     ) -> Tuple[List[KlpRelocation], Dict[int, str], List[Symbol]]:
+    """Record the relocations only livepatch can resolve; retarget them to placeholders in place."""
     moved: List[KlpRelocation] = []
     decided: Dict[int, Tuple[bool, KlpSymbol, bool]] = {}
     objects: Dict[int, str] = {}
+    placeholders: Dict[KlpSymbol, Symbol] = {}
     for rela in sections:
         if not rela.is_rela or rela.base is None:
             continue
@@ -108,8 +135,35 @@ def _klp_relocations(sections: List[Section], resolver: Resolver) -> Tuple[List[
                 continue
             moved.append(KlpRelocation(rela.base, reloc.offset, reloc.type, reloc.addend, ksym, external,
                                        resolver.symtab.objname))
+            kept.append(Relocation(offset=reloc.offset, type=reloc.type, sym=_placeholder(placeholders, ksym),
+                                   addend=reloc.addend))
         rela.relocations = kept
-    return moved, objects
+    return moved, objects, list(placeholders.values())
+
+
+def _jumps_into_functions_by_section(obj: ElfObject) -> int:
+    """Express code references into the middle of a function as section symbol + offset again.
+
+    The bundle pass names every target by its function (correlation needs that);
+    the output is re-read by objtool when kbuild links the patch module (IBT
+    kernels), which takes a jump to ``func+N`` as a sibling call to ``func`` --
+    e.g. an alternative's replacement jumping back into its function -- and warns
+    about the modified stack frame there.  The compiler's own spelling, the section
+    symbol, means the same address to the linker and the loader.
+    """
+    rewritten = 0
+    for rela in obj.sections:
+        if not rela.is_rela or rela.base is None or not rela.base.is_text:
+            continue
+        for reloc in rela.relocations:
+            sym = reloc.sym
+            if sym.type != STT_FUNC or sym.section is None or reloc.addend + pc_relative_bias(reloc, rela.base) == 0:
+                continue
+            secsym = section_symbol(obj, sym.section)
+            reloc.addend += sym.value
+            reloc.sym = secsym
+            rewritten += 1
+    return rewritten
 
 
 def _drop_unreferenced_undefined(obj: ElfObject) -> None:
@@ -135,7 +189,9 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
                     e_type=patched.e_type, e_machine=patched.e_machine, e_flags=patched.e_flags,
                     sections=sections, symbols=symbols)
     funcs = _resolve_changed_functions(changed, resolver)
-    moved, objects = _klp_relocations(sections, resolver)
+    moved, objects, placeholders = _klp_relocations(sections, resolver)
+    out.symbols.extend(placeholders)
+    _jumps_into_functions_by_section(out)
     out.sections = [s for s in out.sections if not (s.is_rela and not s.relocations)]
     for sec in out.sections:
         if sec.rela is not None and sec.rela not in out.sections:

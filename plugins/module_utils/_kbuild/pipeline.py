@@ -33,6 +33,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod impo
     kmod_sources,
     module_name,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import check_objtool_sites
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
     KbuildError,
     StepLog,
@@ -470,6 +471,9 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     with log.step("create-klp-module") as res:
         conv = create_klp_module(str(linked), str(klp_ko))
         res.detail = f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections {' '.join(conv.sections) or '-'}"
+    with log.step("check-objtool-sites") as res:
+        sites = check_objtool_sites(klp_ko, Path(req.config).read_text(errors="replace"))
+        res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
     if req.signing_key:
         sign_module(req, klp_ko, log)
     ko = _publish(klp_ko, final_dir, req.module_name)

@@ -1,0 +1,105 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
+"""Check that a finished patch module carries the objtool data its kernel relies on.
+
+On x86 the module loader rewrites every return, every retpoline call and (with
+call depth tracking) every direct call listed in ``.return_sites``,
+``.retpoline_sites`` and ``.call_sites``, and the unwinder needs ORC tables for
+every function.  A site missing from those lists is not an error the kernel
+reports: the instruction silently keeps its default thunk (a mitigation bypassed,
+and on 6.12 one "Unpatched return thunk in use" warning), and stacks through the
+module become unreliable, so livepatch transitions stall.  objtool writes the
+lists; when it gives up on an object it writes none of them and kbuild still
+succeeds.  This check makes that a build failure instead of a module that loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
+
+RETURN_THUNK = "__x86_return_thunk"
+INDIRECT_THUNK_PREFIXES = ("__x86_indirect_thunk_", "__x86_indirect_its_thunk_")
+# x86 encodings of the instructions whose rel32 field the relocation patches.
+JMP_REL32, CALL_REL32 = 0xE9, 0xE8
+
+
+class ModuleCheckError(KbuildError):
+    """The patch module lacks objtool data its kernel's configuration requires."""
+
+
+@dataclass
+class SiteCheck:
+    """What was checked, for the build log."""
+
+    returns: int = 0
+    retpolines: int = 0
+    orc_entries: int = 0
+    problems: List[str] = field(default_factory=list)
+
+
+def config_enabled(config_text: str) -> Set[str]:
+    """The ``CONFIG_*`` options set to ``y`` in a kernel config."""
+    return {line.split("=", 1)[0] for line in config_text.splitlines() if line.endswith("=y")}
+
+
+def _site_targets(obj, name: str) -> Set[Tuple[int, int]]:
+    """(id(section), offset) each entry of a PC-relative site list points at."""
+    sec = obj.find_section(name)
+    if sec is None or sec.rela is None:
+        return set()
+    return {(id(r.sym.section), r.sym.value + r.addend) for r in sec.rela.relocations if r.sym.section is not None}
+
+
+def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
+    """(section, instruction offset, symbol) of every rel32 jump/call in code to a thunk ``wanted`` accepts."""
+    uses = []
+    for rela in obj.sections:
+        base = rela.base
+        if not rela.is_rela or base is None or not base.is_text:
+            continue
+        for rel in rela.relocations:
+            insn = rel.offset - 1
+            if wanted(rel.sym.name) and insn >= 0 and base.data[insn:insn + 1] in (bytes([JMP_REL32]), bytes([CALL_REL32])):
+                uses.append((base, insn, rel.sym.name))
+    return uses
+
+
+def check_objtool_sites(ko: Path, config_text: str) -> SiteCheck:
+    """Raise ModuleCheckError when ``ko`` misses return/retpoline sites or ORC data its kernel needs."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+
+    obj = read_elf(str(ko))
+    enabled = config_enabled(config_text)
+    result = SiteCheck()
+    if enabled & {"CONFIG_RETHUNK", "CONFIG_MITIGATION_RETHUNK"}:
+        listed = _site_targets(obj, ".return_sites")
+        uses = _thunk_uses(obj, lambda name: name == RETURN_THUNK)
+        result.returns = len(uses)
+        result.problems += [f"{sec.name}+{off:#x}: return through {sym} not listed in .return_sites"
+                            for sec, off, sym in uses if (id(sec), off) not in listed]
+    if enabled & {"CONFIG_RETPOLINE", "CONFIG_MITIGATION_RETPOLINE"}:
+        listed = _site_targets(obj, ".retpoline_sites")
+        uses = _thunk_uses(obj, lambda name: name.startswith(INDIRECT_THUNK_PREFIXES))
+        result.retpolines = len(uses)
+        result.problems += [f"{sec.name}+{off:#x}: indirect call through {sym} not listed in .retpoline_sites"
+                            for sec, off, sym in uses if (id(sec), off) not in listed]
+    if "CONFIG_UNWINDER_ORC" in enabled:
+        orc_ip = obj.find_section(".orc_unwind_ip")
+        has_code = any(s.is_text and s.size and s.flags & 0x2 for s in obj.sections)
+        result.orc_entries = (orc_ip.size // 4) if orc_ip is not None else 0
+        if has_code and (orc_ip is None or obj.find_section(".orc_unwind") is None):
+            result.problems.append("no ORC unwind tables (.orc_unwind/.orc_unwind_ip): stacks through the "
+                                   "module would be unreliable and livepatch transitions could not complete")
+    if result.problems:
+        shown: Dict[str, None] = dict.fromkeys(result.problems[:8])
+        more = len(result.problems) - len(shown)
+        raise ModuleCheckError(f"{ko.name}: objtool data missing, the kernel would run this code with its "
+                               f"mitigations or unwinding broken: {'; '.join(shown)}"
+                               f"{f' (and {more} more)' if more > 0 else ''}. objtool probably stopped on the "
+                               "linked module: see 'objtool' lines in the build log")
+    return result

@@ -1,0 +1,91 @@
+"""Patch modules for IBT kernels get objtool's data: return/retpoline sites and ORC tables.
+
+Debian's 6.12 kernel (X86_KERNEL_IBT, RETHUNK, call depth tracking) runs objtool once on the
+linked patch module.  The engine's livepatch-relocated calls keep a named placeholder target
+until the klp conversion, so objtool can read them; before that change objtool stopped at the
+first ``call .+0`` and the module loaded with its returns unpatched ("Unpatched return thunk in
+use") and without ORC data.  The check in ``_kbuild/modcheck.py`` must refuse such a module.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
+    ModuleCheckError,
+    check_objtool_sites,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import BuildRequest, build_livepatch
+from tests.testbed.ansible_run import REPO
+from tests.testbed.kernels import cache_root
+from tests.testbed.vm import run_in_initramfs
+
+pytestmark = pytest.mark.integration
+
+PATCH = REPO / "examples" / "patches" / "meminfo-string.patch"
+
+
+@pytest.fixture(scope="module")
+def built(kernel_6_12, tmp_path_factory):
+    out = tmp_path_factory.mktemp("objtool-sites")
+    req = BuildRequest(patches=[PATCH], release=kernel_6_12.release, source_dir=kernel_6_12.source_tree(),
+                       config=kernel_6_12.config, vmlinux=kernel_6_12.vmlinux, headers=kernel_6_12.headers,
+                       cache_dir=cache_root() / "build-tests", output_dir=out, name="livepatch-objtool-sites",
+                       modules_dir=kernel_6_12.modules_dir)
+    result = build_livepatch(req)
+    log_out = Path(result.log + ".out")
+    return result, log_out.read_text() if log_out.is_file() else ""
+
+
+def test_objtool_reads_the_whole_patch_module(built):
+    result, build_output = built
+    if not result.cached:
+        assert "warning: objtool" not in build_output, build_output[-3000:]
+    obj = read_elf(result.module_path)
+    names = {s.name for s in obj.sections}
+    assert {".return_sites", ".call_sites", ".orc_unwind", ".orc_unwind_ip"} <= names
+    # No placeholder is left: every .klp.sym symbol is a livepatch one, every reference is in a .klp.rela section.
+    assert not [s.name for s in obj.symbols if s.name.startswith(".klp.sym.") and s.shndx != 0xFF20]
+    for sec in obj.sections:
+        if sec.is_rela and not sec.name.startswith(".klp.rela."):
+            assert not [r for r in sec.relocations if r.sym.name.startswith(".klp.sym.")], sec.name
+
+
+def _without(ko, tmp_path, *sections):
+    stripped = tmp_path / f"stripped-{'-'.join(s.strip('.') for s in sections)}.ko"
+    args = ["objcopy"] + [f"--remove-section={s}" for s in sections] + [str(ko), str(stripped)]
+    subprocess.run(args, check=True)
+    return stripped
+
+
+def test_the_check_refuses_a_module_without_return_sites_or_orc(built, kernel_6_12, tmp_path):
+    result, _ = built
+    config = kernel_6_12.config.read_text()
+    sites = check_objtool_sites(Path(result.module_path), config)
+    assert sites.returns >= 1 and sites.orc_entries >= 1
+    with pytest.raises(ModuleCheckError, match=r"return through __x86_return_thunk not listed in \.return_sites"):
+        check_objtool_sites(_without(result.module_path, tmp_path, ".return_sites", ".rela.return_sites"), config)
+    with pytest.raises(ModuleCheckError, match=r"no ORC unwind tables"):
+        check_objtool_sites(_without(result.module_path, tmp_path, ".orc_unwind", ".orc_unwind_ip",
+                                     ".rela.orc_unwind_ip"), config)
+
+
+def test_module_loads_without_unpatched_thunk_warning(built, kernel_6_12):
+    result, _ = built
+    ko = Path(result.module_path)
+    name = ko.stem.replace("-", "_")
+    script = f"""
+insmod /{ko.name} || exit 11
+i=0; while [ "$(cat /sys/kernel/livepatch/{name}/transition)" != 0 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 12; sleep 0.1; done
+grep -c '^VMALLOCCHUNK:' /proc/meminfo
+echo 0 > /sys/kernel/livepatch/{name}/enabled
+i=0; while [ -e /sys/kernel/livepatch/{name} ] && [ "$(cat /sys/kernel/livepatch/{name}/transition)" != 0 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 13; sleep 0.1; done
+rmmod {name} || exit 14
+grep -c '^VmallocChunk:' /proc/meminfo
+"""
+    run = run_in_initramfs(kernel_6_12, {ko.name: ko}, script, timeout=300)
+    assert not run.timed_out and run.exit_code == 0, run.console[-3000:]
+    assert run.output.split() == ["1", "1"], run.output
+    assert "Unpatched return thunk" not in run.console and "Call Trace" not in run.console, run.console[-5000:]
