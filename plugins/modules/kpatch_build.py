@@ -20,7 +20,8 @@ description:
   - The fast path compiles only the objects the patches change, unpatched and patched, with
     C(-ffunction-sections -fdata-sections) in a source tree prepared once per release (cached), diffs them
     with the collection's ELF diff engine, links the result with the patch-module hook against the
-    release's headers and converts it to livepatch format. No full kernel build is needed.
+    release's headers and converts it to livepatch format. No full kernel build is needed, except once per
+    release for a patched header that too many objects include (see O(full_build_fallback)).
   - The kernel source tree is left pristine on every exit path, and a failed build leaves no module behind.
   - The same inputs again return the cached module with C(changed=false).
   - Patches to loadable modules are supported; the object a changed file links into is read from the
@@ -30,7 +31,8 @@ author:
 requirements:
   - pyelftools on the build host
   - gcc of the same version that built the kernel, make, bison, flex, libelf headers
-  - the exact kernel source, config, headers and vmlinux with debug symbols of the release
+  - the exact kernel source (or the distribution's package tools to fetch it), config, headers and vmlinux with
+    debug symbols of the release
 options:
   patches:
     description: Unified diffs (C(-p1), as C(git diff) writes them) against the kernel source, applied in order.
@@ -44,10 +46,26 @@ options:
     description:
       - The pristine, unpacked kernel source of exactly that release (for Debian, the C(linux-source-X.Y)
         package of the image's version). It is never written; a cached copy under O(cache_dir) is prepared.
+      - When omitted, the build host's distribution (C(/etc/os-release)) gets its own source of the release at
+        the exact package version (see O(package_version)) with the commands the P(kpatch.livepatch.debuginfo#role)
+        role uses (Debian C(apt-get download linux-source-X.Y=<version>), Ubuntu C(apt-get source), RPM
+        distributions the kernel SRPM and C(rpmbuild -bp)). It is unpacked into a temporary directory, its
+        C(Makefile) version checked, and renamed to C(<cache_dir>/sources/<release>-<package_version>), where
+        later builds reuse it without a download. A failed fetch leaves nothing behind.
+      - Only fetched when the module is not already cached; check mode reports what would be fetched.
     type: path
-    required: true
+  package_version:
+    description:
+      - Package version of the release's kernel (Debian C(6.1.176-1) for C(6.1.0-50-cloud-amd64)), whose source
+        is fetched when O(source_dir) is omitted. The release string does not contain it.
+      - Defaults to the version of the release's image package installed on the build host
+        (C(dpkg-query -W linux-image-<release>)); when that is not installed the build fails and asks for it;
+        the newest version the package manager knows is never assumed. RPM releases carry their version.
+    type: str
   config:
-    description: Kernel config of the release. Defaults to C(/boot/config-<release>).
+    description:
+      - Kernel config of the release. Defaults to C(/boot/config-<release>), or when that does not exist to the
+        C(.config) of O(headers).
     type: path
   vmlinux:
     description: vmlinux with debug symbols. Defaults to C(/usr/lib/debug/boot/vmlinux-<release>) (Debian C(-dbg)).
@@ -99,6 +117,17 @@ options:
         so the shared tree stays configured for the kernel's compiler; its modules are cached apart.
     type: bool
     default: false
+  full_build_fallback:
+    description:
+      - A patched header is mapped to every object that includes it by compiling, unpatched, each object
+        that could include it and reading kbuild's dependency records. When more than 150 objects could
+        include it (e.g. C(include/linux/mm.h)), the cached source tree is fully built once instead
+        (C(make vmlinux modules), about 10 minutes for vmlinux alone on 2 cores; later builds for the
+        release reuse it).
+      - When false, such a patch fails with a message naming the header and the number of candidate
+        objects, and nothing is built. A partial list of objects is never used.
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full
@@ -118,6 +147,12 @@ EXAMPLES = r"""
     release: 6.1.0-50-cloud-amd64
     source_dir: /var/cache/kpatch-build/src/linux-source-6.1
   register: built
+
+- name: Same, fetching Debian's own source of the image's exact version into the cache
+  kpatch.livepatch.kpatch_build:
+    patches: [/srv/patches/meminfo-string.patch]
+    release: 6.1.0-50-cloud-amd64
+    package_version: 6.1.176-1  # dpkg-query -W linux-image-6.1.0-50-cloud-amd64 on a target
 
 - name: Two fixes as one cumulative module for a host with its own layout
   kpatch.livepatch.kpatch_build:
@@ -178,9 +213,21 @@ log:
   returned: success
   type: str
 cache_key:
-  description: Identity of the build inputs.
+  description: Identity of the build inputs (the source by its package version when it was fetched).
   returned: always
   type: str
+source_dir:
+  description: Where the kernel source came from; under C(<cache_dir>/sources) when the module fetched it.
+  returned: always
+  type: str
+  sample: /var/cache/kpatch-build/sources/6.1.0-50-cloud-amd64-6.1.176-1
+source_acquisition:
+  description: In check mode without O(source_dir), what a build would fetch (nothing is downloaded).
+  returned: check mode, when O(source_dir) is omitted
+  type: dict
+  sample: {"source_dir": "/var/cache/kpatch-build/sources/6.1.0-50-cloud-amd64-6.1.176-1",
+           "package_version": "6.1.176-1", "packages": ["linux-source-6.1=6.1.176-1"], "present": false,
+           "commands": ["apt-get download linux-source-6.1=6.1.176-1", "sh -c dpkg-deb --fsys-tarfile ..."]}
 """
 
 import os
@@ -209,7 +256,8 @@ except ImportError:  # pragma: no cover - reported through fail_json below
 ARGUMENT_SPEC = dict(
     patches=dict(type="list", elements="path", required=True),
     release=dict(type="str"),
-    source_dir=dict(type="path", required=True),
+    source_dir=dict(type="path"),
+    package_version=dict(type="str"),
     config=dict(type="path"),
     vmlinux=dict(type="path"),
     headers=dict(type="path"),
@@ -222,12 +270,14 @@ ARGUMENT_SPEC = dict(
     signing_key=dict(type="path"),
     signing_cert=dict(type="path", no_log=False),
     skip_compiler_check=dict(type="bool", default=False),
+    full_build_fallback=dict(type="bool", default=True),
 )
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           required_together=[("signing_key", "signing_cert")])
+                           required_together=[("signing_key", "signing_cert")],
+                           mutually_exclusive=[("source_dir", "package_version")])
     if IMPORT_ERROR:
         module.fail_json(msg="kpatch.livepatch build helpers failed to import", exception=IMPORT_ERROR)
     if not HAS_PYELFTOOLS:

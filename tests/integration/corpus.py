@@ -12,7 +12,7 @@ one sidecar each:
       # new: fs/proc/uptime.o kpatch_corpus_uptime_note   (object, then its new functions)
       # target-module: kernel/drivers/block/loop.ko       (patched module, under modules_dir)
       # files: kernel/fs/romfs/romfs.ko                   (shipped to /work/files/<basename>)
-      # prebuild: fs/proc/softirqs.o                      (objects built in the tree first)
+      # prebuild: fs/proc/stat.o                          (objects built in the tree first)
 
 * ``NN-name.expect`` — the patch must be refused; the file holds a regular expression the
   build error must match.

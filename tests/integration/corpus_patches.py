@@ -146,10 +146,10 @@ def _specs_6_1() -> Dict[str, List[Edit]]:
             "\tunsigned int index = task_state_index(tsk);\n\n"
             "\tif (index == 0)\n\t\treturn \"R (running, kpatch)\";\n"
             "\treturn task_state_array[index];")],
-        "09-header-softirqs": [Edit(
-            "include/linux/kernel_stat.h",
-            "       return kstat_cpu(cpu).softirqs[irq];",
-            "       return kstat_cpu(cpu).softirqs[irq] + 4000000000U;")],
+        "09-header-loadavg": [Edit(
+            "include/linux/sched/loadavg.h",
+            "#define LOAD_INT(x) ((x) >> FSHIFT)",
+            "#define LOAD_INT(x) (((x) >> FSHIFT) + 40)")],
         "10-shadow-limits": [Edit(
             "fs/proc/base.c",
             '#include "../../lib/kstrtox.h"\n',

@@ -7,6 +7,7 @@ first ``call .+0`` and the module loaded with its returns unpatched ("Unpatched 
 use") and without ORC data.  The check in ``_kbuild/modcheck.py`` must refuse such a module.
 """
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -81,7 +82,10 @@ insmod /{ko.name} || exit 11
 i=0; while [ "$(cat /sys/kernel/livepatch/{name}/transition)" != 0 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 12; sleep 0.1; done
 grep -c '^VMALLOCCHUNK:' /proc/meminfo
 echo 0 > /sys/kernel/livepatch/{name}/enabled
-i=0; while [ -e /sys/kernel/livepatch/{name} ] && [ "$(cat /sys/kernel/livepatch/{name}/transition)" != 0 ]; do i=$((i+1)); [ $i -gt 600 ] && exit 13; sleep 0.1; done
+i=0
+while [ -e /sys/kernel/livepatch/{name} ] && [ "$(cat /sys/kernel/livepatch/{name}/transition)" != 0 ]; do
+  i=$((i+1)); [ $i -gt 600 ] && exit 13; sleep 0.1
+done
 rmmod {name} || exit 14
 grep -c '^VmallocChunk:' /proc/meminfo
 """
@@ -89,3 +93,21 @@ grep -c '^VmallocChunk:' /proc/meminfo
     assert not run.timed_out and run.exit_code == 0, run.console[-3000:]
     assert run.output.split() == ["1", "1"], run.output
     assert "Unpatched return thunk" not in run.console and "Call Trace" not in run.console, run.console[-5000:]
+
+
+def test_calls_only_livepatch_completes_are_not_call_sites(built):
+    """The loader patches .call_sites before livepatch relocates: a klp call there still reads call .+0."""
+    result, _ = built
+    obj = read_elf(result.module_path)
+    klp_calls = set()
+    for sec in obj.sections:
+        if sec.name.startswith(".klp.rela.") and sec.base is not None and sec.base.is_text:
+            for rel in sec.relocations:
+                if sec.base.data[rel.offset - 1] == 0xE8:
+                    klp_calls.add((sec.base.name, rel.offset - 1))
+    assert klp_calls, "meminfo_proc_show calls static helpers of vmlinux through livepatch relocations"
+    sites = obj.find_section(".call_sites")
+    listed = {(r.sym.section.name, r.sym.value + r.addend) for r in sites.rela.relocations}
+    assert listed and not (listed & klp_calls)
+    log = Path(result.log).read_text()
+    assert re.search(r"[1-9]\d* placeholders removed, [1-9]\d* call sites dropped", log), log

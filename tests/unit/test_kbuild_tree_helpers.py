@@ -70,7 +70,8 @@ lib-y += lib1.o
 obj-$(CONFIG_COMP) += comp.o
 comp-y := comp_main.o
 comp-$(CONFIG_EXTRA) += comp_extra.o
-obj-$(subst m,y,$(CONFIG_WEIRD)) += weird.o
+obj-$(if $(CONFIG_WEIRD),y) += weird.o
+obj-$(subst m,y,$(CONFIG_BAR)) += substituted.o
 """
 CONFIG = "CONFIG_MODULES=y\nCONFIG_FOO=y\nCONFIG_BAR=m\nCONFIG_COMP=m\nCONFIG_EXTRA=y\n"
 
@@ -93,6 +94,7 @@ def kdir(tmp_path):
     ("comp_extra.o", "module", "comp"),
     ("gone.o", "unconfigured", None),
     ("never.o", "unlisted", None),
+    ("substituted.o", "vmlinux", None),
 ])
 def test_object_goal(kdir, obj, kind, module):
     goal = object_goal(kdir, f"drivers/x/{obj}")
@@ -113,10 +115,11 @@ def test_objects_for_sources_on_small_tree(tmp_path):
     (tree.root / "fs/proc/meminfo.c").write_text('#include "included.c"\n')
     result = objects_for_sources(tree, ["fs/proc/meminfo.c", "fs/proc/included.c", "include/linux/mm.h",
                                         "arch/x86/lib/memcpy_64.S", "fs/proc/Makefile", "fs/proc/missing.c"])
-    assert result.objects == {"fs/proc/meminfo.c": ["fs/proc/meminfo.o"]}
+    # no file of the tree includes mm.h: the complete answer is "no object", not "cannot be decided"
+    assert result.objects == {"fs/proc/meminfo.c": ["fs/proc/meminfo.o"], "include/linux/mm.h": []}
     assert result.goals["fs/proc/meminfo.o"].kind == "vmlinux"
     assert "#included by another file" in result.undecided["fs/proc/included.c"]
-    assert "no kernel object has been built" in result.undecided["include/linux/mm.h"]
+    assert "include/linux/mm.h" not in result.undecided and "0 compiled" in result.header_basis["include/linux/mm.h"]
     assert "assembly" in result.undecided["arch/x86/lib/memcpy_64.S"]
     assert "build-system" in result.undecided["fs/proc/Makefile"]
     assert "does not exist" in result.undecided["fs/proc/missing.c"]

@@ -8,10 +8,10 @@
   build compiles any object, even one the config leaves out, so this check is
   what tells "not in this kernel" apart);
 * a header → every object whose kbuild dependency record (``deps_<obj>`` in
-  ``.<obj>.cmd``) names it, among the objects built in the tree so far.  A tree
-  prepared with ``modules_prepare`` holds no kernel objects, so for it the
-  answer is "cannot be decided" — reported in ``undecided`` with the reason,
-  never guessed.
+  ``.<obj>.cmd``) names it.  A tree prepared with ``modules_prepare`` holds few
+  objects, so ``headers.py`` first compiles every object that could include the
+  header (found by ``includes.py``), or builds the whole tree once when there are
+  too many — the list is exact or the header is refused, never partial.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared 
 
 # Directories whose .cmd files describe host tools, not kernel objects.
 _HOST_DIRS = ("scripts/", "tools/", "usr/")
-_ASSIGN_RE = re.compile(r"^\s*([^\s#=:+?][^=#]*?)\s*(?::=|\+=|\?=|=)\s*(.*)$")
+_ASSIGN_RE = re.compile(r"^\s*([^\s#=:+?][^=#]*?)\s*(::=|:=|\+=|\?=|=)\s*(.*)$")
 _CONFIG_REF_RE = re.compile(r"^\$\((CONFIG_\w+)\)$")
+_SUBST_RE = re.compile(r"^\$\(subst ([^,()]*|\$\(CONFIG_\w+\)),([^,()]*|\$\(CONFIG_\w+\)),(\$\(CONFIG_\w+\))\)$")
+_ADDPREFIX_RE = re.compile(r"\$\(addprefix\s+([^,\s()$]+)\s*,\s*([^()$]*)\)")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class ObjectMap:
     objects: Dict[str, List[str]] = field(default_factory=dict)  # changed file -> objects to rebuild
     goals: Dict[str, Goal] = field(default_factory=dict)  # object -> where it links
     undecided: Dict[str, str] = field(default_factory=dict)  # changed file -> why no answer
-    partial: Dict[str, str] = field(default_factory=dict)  # header -> why the list may be incomplete
+    # header -> how its object list was decided.  There is no "partial" answer: a header's list
+    # comes from the dependency records of every object that could include it, or it is refused.
+    header_basis: Dict[str, str] = field(default_factory=dict)
 
     @property
     def all_objects(self) -> List[str]:
@@ -65,48 +69,144 @@ def read_config(tree_root: Path) -> Dict[str, str]:
     return values
 
 
-def kbuild_assignments(directory: Path) -> List[Tuple[str, List[str]]]:
-    """``(lhs, rhs tokens)`` of every assignment in a directory's Kbuild/Makefile, continuations joined."""
-    for name in ("Kbuild", "Makefile"):
-        path = directory / name
-        if path.is_file():
-            text = path.read_text(errors="replace")
-            break
-    else:
+def kbuild_assignments(directory: Path, names: Optional[Sequence[str]] = None) -> List[Tuple[str, List[str]]]:
+    """``(lhs, rhs tokens)`` of every assignment in a directory's Kbuild/Makefile, continuations joined.
+
+    kbuild reads ``Kbuild`` when present, else ``Makefile``; ``names`` reads all of those given.
+    """
+    return [(lhs, tokens) for lhs, _op, tokens, _nested in kbuild_statements(directory, names)]
+
+
+def kbuild_statements(directory: Path, names: Optional[Sequence[str]] = None) -> List[Tuple[str, str, List[str], bool]]:
+    """``(lhs, operator, rhs tokens, inside a conditional)`` of every assignment, in order."""
+    found = [directory / n for n in (names or ("Kbuild", "Makefile")) if (directory / n).is_file()]
+    if not found:
         return []
+    found = found if names else found[:1]
+    # Mapping a header asks about thousands of objects in the same few hundred directories.
+    key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in found)
+    cached = _STATEMENTS.get(key)
+    if cached is None:
+        cached = _STATEMENTS[key] = _parse_statements(found)
+    return cached
+
+
+_STATEMENTS: Dict[Tuple[Tuple[str, int, int], ...], List[Tuple[str, str, List[str], bool]]] = {}
+
+
+def _parse_statements(found: Sequence[Path]) -> List[Tuple[str, str, List[str], bool]]:
+    text = "\n".join(p.read_text(errors="replace") for p in found)
     text = re.sub(r"\\\n", " ", text)
+    # "$(addprefix libxfs/, a.o b.o)" lists libxfs/a.o and libxfs/b.o (xfs, scrub, ...).
+    text = _ADDPREFIX_RE.sub(lambda m: " ".join(m.group(1) + w for w in m.group(2).split()), text)
     out = []
+    depth = 0
     for line in text.splitlines():
         line = line.split("#", 1)[0]
+        word = line.split(None, 1)[0] if line.strip() else ""
+        if word in ("ifeq", "ifneq", "ifdef", "ifndef"):
+            depth += 1
+        elif word == "endif":
+            depth = max(0, depth - 1)
         m = _ASSIGN_RE.match(line)
         if m:
-            out.append((m.group(1), m.group(2).split()))
+            out.append((m.group(1), m.group(2), m.group(3).split(), depth > 0))
     return out
+
+
+def kbuild_variables(directory: Path, config: Dict[str, str]) -> List[Tuple[str, List[str]]]:
+    """The object lists of a directory's Makefile as make leaves them: ``(variable, tokens)``.
+
+    ``obj-$(CONFIG_X)`` becomes ``obj-y``/``obj-m``/``obj-n``, and a plain ``:=`` or ``=``
+    outside any conditional replaces what came before (fs/proc's ``proc-y := nommu.o ...`` is
+    replaced by ``proc-$(CONFIG_MMU) := task_mmu.o``).  Inside a conditional both branches are
+    kept: conditionals are not evaluated, so more objects may count as listed, never fewer.
+    """
+    values: Dict[str, List[str]] = {}
+    for lhs, op, tokens, nested in kbuild_statements(directory):
+        prefix, sep, suffix = lhs.rpartition("-")
+        state = _lhs_state(suffix, config) if sep and suffix != "objs" else None
+        key = f"{prefix}-{state}" if state else lhs
+        refers = any(f"$({name})" in " ".join(tokens) for name in (lhs, key))
+        if op in (":=", "::=", "=") and not nested and not refers:
+            # (crypto's "crypto_algapi-y := algapi.o $(crypto_algapi-y)" keeps the old value: append.)
+            values[key] = list(tokens)
+        elif op == "?=" and key in values:
+            continue
+        else:
+            values.setdefault(key, []).extend(tokens)
+    return list(values.items())
 
 
 def _lhs_state(suffix: str, config: Dict[str, str]) -> Optional[str]:
     """``y``/``m``/``n`` for an assignment suffix (``y``, ``m``, ``objs``, ``$(CONFIG_X)``); None if unknown."""
     if suffix in ("y", "objs"):
         return "y"
-    if suffix == "m":
-        return "m"
+    if suffix in ("m", "n"):
+        return suffix
     m = _CONFIG_REF_RE.match(suffix)
     if m:
         return config.get(m.group(1), "n") if config.get(m.group(1), "n") in ("y", "m") else "n"
+    m = _SUBST_RE.match(suffix)
+    if m:
+        # obj-$(subst m,y,$(CONFIG_IPV6)): builtin whenever IPv6 is enabled at all.
+        old, new, text = (_config_value(a.strip(), config) for a in m.groups())
+        if None in (old, new, text):
+            return None
+        value = text.replace(old, new) if old else text  # type: ignore[union-attr,arg-type]
+        return value if value in ("y", "m") else ("n" if value in ("", "n") else None)
     return None
 
 
+def _config_value(text: str, config: Dict[str, str]) -> Optional[str]:
+    """A literal, or ``$(CONFIG_X)`` as make expands it (``y``, ``m`` or empty); None for anything else."""
+    m = _CONFIG_REF_RE.match(text)
+    if m:
+        value = config.get(m.group(1), "")
+        return value if value in ("y", "m") else ""
+    return None if "$" in text else text
+
+
 def object_goal(tree_root: Path, relobj: str, config: Optional[Dict[str, str]] = None, depth: int = 0) -> Goal:
-    """Decide from the directory's kbuild Makefile whether ``relobj`` links into vmlinux or a module."""
+    """Decide from the kbuild Makefiles whether ``relobj`` links into vmlinux or a module.
+
+    The object's own directory decides first.  A subdirectory without a Makefile of its own is
+    listed by an ancestor (kvm's ``kvm-intel-y += vmx/vmx.o``, xfs's ``libxfs/``), so an object
+    not named beside it is looked up there.  An object whose directory the parent Makefile
+    enables only under options this config disables is not built at all.
+    """
     config = read_config(tree_root) if config is None else config
     directory, name = os.path.split(relobj)
-    assignments = kbuild_assignments(tree_root / directory)
+    goal = _goal_in(tree_root, directory, name, config, depth)
+    up, sub = directory, name
+    for _level in range(3):
+        if goal.kind not in ("unlisted", "nomakefile") or not up:
+            break
+        up, last = os.path.split(up)
+        sub = f"{last}/{sub}"
+        found = _goal_in(tree_root, up, sub, config, depth)
+        if found.kind not in ("unlisted", "nomakefile"):
+            goal = found
+    if goal.kind == "nomakefile":
+        goal = Goal("undecided", reason=goal.reason)
+    if depth == 0 and goal.kind != "unconfigured":
+        disabled = _disabled_directory(tree_root, directory, config)
+        if disabled:
+            return Goal("unconfigured", reason=disabled)
+    return goal
+
+
+def _goal_in(tree_root: Path, directory: str, name: str, config: Dict[str, str], depth: int) -> Goal:
+    """The goal of ``name`` (possibly ``sub/x.o``) as the Makefile of ``directory`` lists it."""
+    assignments = kbuild_variables(tree_root / directory, config)
     if not assignments:
-        return Goal("undecided", reason=f"no Kbuild/Makefile in {directory or '.'}")
+        return Goal("nomakefile", reason=f"no Kbuild/Makefile in {directory or '.'}")
     unknown: List[str] = []
     listed = False
+    # x86 and sparc name their 32/64-bit variants irq_$(BITS).o.
+    bits = "64" if config.get("CONFIG_64BIT") == "y" else "32"
     for lhs, rhs in assignments:
-        if name not in rhs:
+        if name not in rhs and name not in (t.replace("$(BITS)", bits) for t in rhs if "$(BITS)" in t):
             continue
         listed = True
         prefix, _sep, suffix = lhs.rpartition("-")
@@ -118,7 +218,7 @@ def object_goal(tree_root: Path, relobj: str, config: Optional[Dict[str, str]] =
             continue
         if prefix in ("obj", "lib"):
             if state == "m" and prefix == "obj":
-                return Goal("module", module=name[:-2])
+                return Goal("module", module=os.path.basename(name)[:-2])
             return Goal("vmlinux")
         if prefix and prefix not in ("always", "extra", "targets", "hostprogs", "subdir", "userprogs"):
             # Part of a composite object: <prefix>.o decides.
@@ -133,6 +233,20 @@ def object_goal(tree_root: Path, relobj: str, config: Optional[Dict[str, str]] =
     if not listed:
         return Goal("unlisted", reason=f"{name} is not named in {directory or '.'}/Makefile")
     return Goal("unconfigured", reason=f"{name} is not enabled by this config in {directory or '.'}/Makefile")
+
+
+def _disabled_directory(tree_root: Path, directory: str, config: Dict[str, str]) -> str:
+    """Why kbuild never descends into ``directory`` (a parent lists it only under disabled options), or ""."""
+    parts = directory.split("/") if directory else []
+    for i in range(len(parts)):
+        parent, child = "/".join(parts[:i]), parts[i] + "/"
+        # The top directory has both: Kbuild lists most subdirectories, the Makefile a few more.
+        assignments = kbuild_assignments(tree_root / parent, names=("Kbuild", "Makefile") if not parent else None)
+        states = [(lhs, _lhs_state(lhs.rpartition("-")[2], config)) for lhs, rhs in assignments if child in rhs]
+        if states and all(state == "n" for _lhs, state in states):
+            return (f"{parent}/Makefile enables {child} only under {', '.join(lhs for lhs, _s in states)}, "
+                    "which this config disables")
+    return ""
 
 
 # --------------------------------------------------------------------------- dependency records
@@ -193,8 +307,15 @@ def tree_fully_built(tree_root: Path) -> bool:
 # --------------------------------------------------------------------------- entry point
 
 
-def objects_for_sources(tree: PreparedTree, files: Sequence[str]) -> ObjectMap:
-    """Objects to rebuild for changed ``files`` (tree-relative), with what could not be decided."""
+def objects_for_sources(tree: PreparedTree, files: Sequence[str], extra_cflags: str = "", jobs: int = 2,
+                        full_build_fallback: bool = False) -> ObjectMap:
+    """Objects to rebuild for changed ``files`` (tree-relative), with what could not be decided.
+
+    A changed header may compile objects in the tree (unpatched) to read their dependency
+    records, with ``extra_cflags`` as KCFLAGS so that a build with the same flags reuses them;
+    ``full_build_fallback`` allows the full build of the tree when that is the only way to know
+    (else KbuildError names the header).
+    """
     result = ObjectMap()
     with tree.log.step("objects-for-sources", f"{len(files)} files") as res:
         config = read_config(tree.root)
@@ -207,9 +328,8 @@ def objects_for_sources(tree: PreparedTree, files: Sequence[str]) -> ObjectMap:
             elif not rel.endswith(".h"):
                 result.undecided[rel] = "not a C source or header: build-system and data files cannot be live-patched"
         if headers:
-            _map_headers(tree.root, headers, result)
-        res.detail = (f"{len(result.all_objects)} objects, {len(result.undecided)} undecided"
-                      f"{', partial header lists' if result.partial else ''}")
+            _map_headers(tree, headers, config, result, extra_cflags, jobs, full_build_fallback)
+        res.detail = f"{len(result.all_objects)} objects, {len(result.undecided)} undecided"
     return result
 
 
@@ -243,20 +363,20 @@ def _included_elsewhere(root: Path, rel: str) -> bool:
     return False
 
 
-def _map_headers(root: Path, headers: List[str], result: ObjectMap) -> None:
-    users, records = header_users(root, headers)
-    complete = tree_fully_built(root)
+def _map_headers(tree: PreparedTree, headers: List[str], config: Dict[str, str], result: ObjectMap,
+                 extra_cflags: str, jobs: int, full_build_fallback: bool) -> None:
+    # Imported here: headers.py builds on this module's Makefile evaluation.
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.headers import map_headers
+
     for header in headers:
-        if records == 0:
-            result.undecided[header] = ("no kernel object has been built in this tree yet, so no dependency "
-                                        "records (.*.o.cmd) exist to tell which objects include it")
-        elif not users[header] and not complete:
-            result.undecided[header] = (f"none of the {records} objects built so far include it, and the tree "
-                                        "is not fully built, so other objects may")
-        else:
-            result.objects[header] = users[header]
-            for obj in users[header]:
-                result.goals.setdefault(obj, object_goal(root, obj))
-            if not complete:
-                result.partial[header] = (f"only the {records} objects built so far were examined; the tree is "
-                                          "not fully built")
+        if not (tree.root / header).is_file():
+            result.undecided[header] = f"{header} does not exist in the tree"
+    present = [h for h in headers if h not in result.undecided]
+    if not present:
+        return
+    for header, (objects, basis) in map_headers(tree, present, config, extra_cflags=extra_cflags, jobs=jobs,
+                                                full_build_fallback=full_build_fallback).items():
+        result.objects[header] = objects
+        result.header_basis[header] = basis
+        for obj in objects:
+            result.goals.setdefault(obj, object_goal(tree.root, obj, config))

@@ -23,6 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import (
+    SourceAcquisition,
+    acquire_source,
+    source_request,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
     check_compiler,
     host_compiler,
@@ -47,6 +52,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree impo
     patched_tree,
     prepare_tree,
     sha256_file,
+    source_identity,
 )
 
 # Bumped when the cache layout or the meaning of a cached result changes.
@@ -82,6 +88,12 @@ class BuildRequest:
     skip_compiler_check: bool = False
     signing_key: Optional[Path] = None
     signing_cert: Optional[Path] = None
+    # A patched header included by too many objects to compile them one by one needs one full
+    # build of the cached tree (about 10 minutes for vmlinux on 2 cores, then cached); False
+    # refuses such a patch instead.
+    full_build_fallback: bool = True
+    # Set when no source_dir was given: source_dir is then where acquire_source puts the tree.
+    acquire: Optional[SourceAcquisition] = None
 
     @property
     def module_name(self) -> str:
@@ -120,6 +132,7 @@ class BuildResult:
     timings: Dict[str, float] = field(default_factory=dict)
     log: str = ""
     cache_key: str = ""
+    source_dir: str = ""
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -137,10 +150,12 @@ def check_inputs(req: BuildRequest) -> None:
             raise KbuildError(f"patch {patch} does not exist")
     # patch(1) runs inside the tree: relative names must not depend on the caller's directory.
     req.patches = [Path(p).resolve() for p in req.patches]
-    checks = [(req.source_dir / "Makefile", f"kernel source tree {req.source_dir} (no Makefile there)"),
-              (req.config, f"kernel config {req.config}"),
-              (req.vmlinux, f"vmlinux with debug symbols {req.vmlinux} (install the kernel's debuginfo/-dbg package)"),
-              (req.headers / "Makefile", f"kernel headers {req.headers} (no Makefile there)")]
+    # An acquired source is fetched after these checks (and only when the module is not cached).
+    source_check = (req.source_dir / "Makefile", f"kernel source tree {req.source_dir} (no Makefile there)")
+    checks = [] if req.acquire else [source_check]
+    checks += [(req.config, f"kernel config {req.config}"),
+               (req.vmlinux, f"vmlinux with debug symbols {req.vmlinux} (install the kernel's debuginfo/-dbg package)"),
+               (req.headers / "Makefile", f"kernel headers {req.headers} (no Makefile there)")]
     for path, what in checks:
         if not Path(path).exists():
             raise KbuildError(f"missing {what}")
@@ -209,6 +224,7 @@ def cache_key(req: BuildRequest) -> str:
         "signed": _signing_identity(req),
         "compiler": build_compiler(req),
         "code": _code_identity(),
+        "source": req.acquire.identity if req.acquire else source_identity(Path(req.source_dir)),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -381,8 +397,12 @@ def plan(req: BuildRequest) -> Dict[str, object]:
     check_inputs(req)
     key = cache_key(req)
     hit = cached_result(req, key)
-    return {"module_name": req.module_name, "cache_key": key, "cached": hit is not None,
-            "module_path": hit.module_path if hit else str(Path(req.output_dir) / f"{req.module_name}.ko")}
+    planned: Dict[str, object] = {
+        "module_name": req.module_name, "cache_key": key, "cached": hit is not None, "source_dir": str(req.source_dir),
+        "module_path": hit.module_path if hit else str(Path(req.output_dir) / f"{req.module_name}.ko")}
+    if req.acquire:  # what a build would fetch; check mode downloads nothing
+        planned["source_acquisition"] = req.acquire.describe()
+    return planned
 
 
 def build_livepatch(req: BuildRequest) -> BuildResult:
@@ -394,17 +414,23 @@ def build_livepatch(req: BuildRequest) -> BuildResult:
     if hit is not None:
         final = _publish(Path(hit.module_path), Path(req.output_dir), hit.module_name)
         hit.module_path = str(final)
+        hit.source_dir = str(req.source_dir)
         return hit
     cache_dir = Path(req.cache_dir)
     log = StepLog(cache_dir / "logs" / f"{req.module_name}-{key}.log")
     log.note("start", f"{req.module_name} for {req.release} from {' '.join(str(p) for p in req.patches)}")
+    timings: Dict[str, float] = {}
+    if req.acquire:
+        t = time.monotonic()
+        req.source_dir = acquire_source(req.acquire, log)
+        _timed(timings, "acquire_source", t)
     (cache_dir / "work").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{req.module_name}-", dir=cache_dir / "work"))
-    timings: Dict[str, float] = {}
     try:
         result = _build(req, key, log, work, timings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result.source_dir = str(req.source_dir)
     timings["total"] = round(time.monotonic() - start, 3)
     result.timings = timings
     entry = cache_dir / "modules" / key / "result.json"
@@ -445,15 +471,24 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     _timed(timings, "prepare_tree", t)
     t = time.monotonic()
     files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
-    objmap = objects_for_sources(tree, files)
+    # The same flags for the header mapping's compiles as for the build below: kbuild then finds
+    # the objects it compiled up to date instead of compiling them again.
+    cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
+    objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,
+                                 full_build_fallback=req.full_build_fallback)
     if objmap.undecided:
         raise KbuildError("cannot live patch: " + "; ".join(f"{f}: {why}" for f, why in sorted(objmap.undecided.items())))
+    unmapped = [f for f in files if f.endswith(".h") and f not in objmap.header_basis]
+    if unmapped:
+        # Never build from a partial list: a header without a complete answer stops the build.
+        raise KbuildError(f"cannot live patch: no complete list of the objects that include {', '.join(unmapped)}")
+    for header, basis in sorted(objmap.header_basis.items()):
+        log.note("header-objects", f"{header}: {' '.join(objmap.objects[header]) or '-'} ({basis})")
     pairs = {obj: parent_of(objmap.goals[obj].kind, objmap.goals[obj].module, obj) for obj in objmap.all_objects}
     if not pairs:
         raise NoChangesError(f"the patches touch no kernel object: {', '.join(files)}")
     orig_dir, patched_dir, out_dir = work / "orig", work / "patched", work / "output"
     out_dir.mkdir(parents=True)
-    cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
     build_objects(tree, sorted(pairs), cflags, orig_dir, jobs=req.jobs)
     with patched_tree(tree, [Path(p) for p in req.patches]):
         build_objects(tree, sorted(pairs), cflags, patched_dir, jobs=req.jobs)
@@ -470,7 +505,9 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     klp_ko = work / f"{req.module_name}.ko"
     with log.step("create-klp-module") as res:
         conv = create_klp_module(str(linked), str(klp_ko))
-        res.detail = f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections {' '.join(conv.sections) or '-'}"
+        res.detail = (f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections "
+                      f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
+                      f"{conv.call_sites_dropped} call sites dropped")
     with log.step("check-objtool-sites") as res:
         sites = check_objtool_sites(klp_ko, Path(req.config).read_text(errors="replace"))
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
@@ -497,6 +534,13 @@ def debian_defaults(release: str, root: Path = Path("/")) -> Dict[str, Path]:
     }
 
 
+def default_config(boot_config: Path, headers: Path) -> Path:
+    """``/boot/config-<release>``, else the headers' ``.config`` (the config the kernel was built with:
+    Debian's adds only CONFIG_BUILD_SALT and the module-signing settings of its build)."""
+    headers_config = Path(headers) / ".config"
+    return headers_config if not Path(boot_config).is_file() and headers_config.is_file() else Path(boot_config)
+
+
 def request_from_params(params: Dict[str, object], running_release: str) -> BuildRequest:
     """BuildRequest from the kpatch_build module's parameters, with Debian-style defaults."""
     release = str(params.get("release") or running_release)
@@ -506,17 +550,21 @@ def request_from_params(params: Dict[str, object], running_release: str) -> Buil
         value = params.get(key)
         return Path(str(value)) if value else default
 
+    headers = path_or("headers", defaults["headers"])
+    cache_dir = path_or("cache_dir", Path("/var/cache/kpatch-build"))
     source = path_or("source_dir", None)
-    if source is None:
-        raise KbuildError("source_dir is required: the exact kernel source of the release (for Debian, "
-                          "linux-source-X.Y of the image's version, unpacked; the debuginfo role does this)")
+    acquire = None
+    if source is None:  # the distro's own source of the exact package version, fetched into the cache
+        acquire = source_request(release, cache_dir, str(params.get("package_version") or "") or None)  # type: ignore[arg-type]
+        source = acquire.final_dir
     patches: Sequence[object] = params.get("patches") or []  # type: ignore[assignment]
     return BuildRequest(
-        patches=[Path(str(p)) for p in patches], release=release, source_dir=source,
-        config=path_or("config", defaults["config"]), vmlinux=path_or("vmlinux", defaults["vmlinux"]),
-        headers=path_or("headers", defaults["headers"]), cache_dir=path_or("cache_dir", Path("/var/cache/kpatch-build")),
+        patches=[Path(str(p)) for p in patches], release=release, source_dir=source, acquire=acquire,
+        config=path_or("config", default_config(defaults["config"], headers)),  # type: ignore[arg-type]
+        vmlinux=path_or("vmlinux", defaults["vmlinux"]), headers=headers, cache_dir=cache_dir,  # type: ignore[arg-type]
         output_dir=path_or("output_dir", Path("/var/lib/kpatch-build/modules")), name=params.get("name") or None,  # type: ignore[arg-type]
         replace=bool(params.get("replace", True)), modules_dir=path_or("modules_dir", defaults["modules_dir"]),
         jobs=int(params.get("jobs") or 2), skip_compiler_check=bool(params.get("skip_compiler_check")),
         signing_key=path_or("signing_key", None), signing_cert=path_or("signing_cert", None),
+        full_build_fallback=bool(params.get("full_build_fallback", True)),
     )
