@@ -149,3 +149,11 @@ def test_header_patch_builds_a_livepatch_for_each_user(kernel_6_1, cache, tmp_pa
     line = next(l for l in log.splitlines() if re.search(r" header-objects\s+info ", l))
     assert f"{HEADER}: fs/proc/array.o " in line and "fs/proc/meminfo.o" in line and "(dependency records" in line
     print(f"header livepatch in {seconds:.1f}s ({'cached' if result.cached else 'built'}): {changed}")
+
+
+def test_unity_built_source_maps_to_the_including_object(tree):
+    """kernel/sched/psi.c is compiled only inside build_utility.c: its code is patched in that object."""
+    result = objects_for_sources(tree, ["kernel/sched/psi.c", "kernel/sched/core.c"])
+    assert result.objects == {"kernel/sched/psi.c": ["kernel/sched/build_utility.o"],
+                              "kernel/sched/core.c": ["kernel/sched/core.o"]}
+    assert result.goals["kernel/sched/build_utility.o"].kind == "vmlinux" and not result.undecided

@@ -116,9 +116,11 @@ def test_objects_for_sources_on_small_tree(tmp_path):
     result = objects_for_sources(tree, ["fs/proc/meminfo.c", "fs/proc/included.c", "include/linux/mm.h",
                                         "arch/x86/lib/memcpy_64.S", "fs/proc/Makefile", "fs/proc/missing.c"])
     # no file of the tree includes mm.h: the complete answer is "no object", not "cannot be decided"
-    assert result.objects == {"fs/proc/meminfo.c": ["fs/proc/meminfo.o"], "include/linux/mm.h": []}
+    # a .c compiled only as part of another (kbuild's unity builds) maps to the including object
+    assert result.objects == {"fs/proc/meminfo.c": ["fs/proc/meminfo.o"], "fs/proc/included.c": ["fs/proc/meminfo.o"],
+                              "include/linux/mm.h": []}
     assert result.goals["fs/proc/meminfo.o"].kind == "vmlinux"
-    assert "#included by another file" in result.undecided["fs/proc/included.c"]
+    assert "fs/proc/included.c" not in result.undecided
     assert "include/linux/mm.h" not in result.undecided and "0 compiled" in result.header_basis["include/linux/mm.h"]
     assert "assembly" in result.undecided["arch/x86/lib/memcpy_64.S"]
     assert "build-system" in result.undecided["fs/proc/Makefile"]
@@ -147,3 +149,13 @@ def test_stamp_invalidated_by_input_or_config_edit(tmp_path):
     assert not stamp_matches(root, {**wanted, "source_identity": "other source"})
     (root / ".config").write_text("CONFIG_MODULES=y\nCONFIG_EDITED=y\n")
     assert not stamp_matches(root, wanted)
+
+
+def test_included_source_whose_includer_is_not_built_is_refused(tmp_path):
+    tree = make_tree(tmp_path)
+    (tree.root / ".config").write_text("CONFIG_MODULES=y\n")
+    (tree.root / "fs/proc/included.c").write_text("int included;\n")
+    (tree.root / "fs/proc/unbuilt.c").write_text('#include "included.c"\n')
+    result = objects_for_sources(tree, ["fs/proc/included.c"])
+    assert "fs/proc/included.c" not in result.objects
+    assert "#included by fs/proc/unbuilt.c, none of which this kernel's config builds" in result.undecided["fs/proc/included.c"]

@@ -342,10 +342,11 @@ def _map_c_source(root: Path, rel: str, config: Dict[str, str], result: ObjectMa
     if goal.kind == "unconfigured":
         result.undecided[rel] = f"{obj} is not built by this kernel's config ({goal.reason})"
         return
-    if goal.kind == "unlisted" and _included_elsewhere(root, rel):
-        result.undecided[rel] = (f"{rel} is #included by another file rather than built as {obj}; "
-                                 "patch the including file's object instead")
-        return
+    if goal.kind == "unlisted":
+        includers = _including_files(root, rel)
+        if includers:
+            _map_included_source(root, rel, includers, config, result)
+            return
     if goal.kind in ("unlisted", "undecided"):
         result.undecided[rel] = f"cannot tell whether {obj} is built: {goal.reason}"
         return
@@ -353,14 +354,32 @@ def _map_c_source(root: Path, rel: str, config: Dict[str, str], result: ObjectMa
     result.goals[obj] = goal
 
 
-def _included_elsewhere(root: Path, rel: str) -> bool:
-    """A .c that its directory's Makefile never names is usually #included by a sibling .c."""
+def _including_files(root: Path, rel: str) -> List[str]:
+    """Sibling .c files that ``#include "<this file>"`` (kbuild's unity builds, e.g. kernel/sched/build_utility.c).
+
+    A .c that its directory's Makefile never names is usually compiled that way.
+    """
     directory = root / os.path.dirname(rel)
-    needle = f'"{os.path.basename(rel)}"'
-    for sibling in directory.glob("*.c"):
-        if sibling.name != os.path.basename(rel) and needle in sibling.read_text(errors="replace"):
-            return True
-    return False
+    needle = re.compile(r'^\s*#\s*include\s+"%s"' % re.escape(os.path.basename(rel)), re.M)
+    return sorted(os.path.relpath(sibling, root) for sibling in directory.glob("*.c")
+                  if sibling.name != os.path.basename(rel) and needle.search(sibling.read_text(errors="replace")))
+
+
+def _map_included_source(root: Path, rel: str, includers: List[str], config: Dict[str, str],
+                         result: ObjectMap) -> None:
+    """Map a #included .c to the objects of the files including it: its code is compiled there."""
+    objects = []
+    for including in includers:
+        obj = including[:-2] + ".o"
+        goal = object_goal(root, obj, config)
+        if goal.kind in ("vmlinux", "module"):
+            objects.append(obj)
+            result.goals[obj] = goal
+    if not objects:
+        result.undecided[rel] = (f"{rel} is #included by {', '.join(includers)}, none of which this kernel's "
+                                 "config builds")
+        return
+    result.objects[rel] = objects
 
 
 def _map_headers(tree: PreparedTree, headers: List[str], config: Dict[str, str], result: ObjectMap,
