@@ -111,3 +111,21 @@ def test_calls_only_livepatch_completes_are_not_call_sites(built):
     assert listed and not (listed & klp_calls)
     log = Path(result.log).read_text()
     assert re.search(r"[1-9]\d* placeholders removed, [1-9]\d* call sites dropped", log), log
+
+
+def test_module_patch_lists_the_hook_code_too(kernel_6_12, tmp_path):
+    """loop.o went through objtool when compiled (a single-object module): its lists must not make
+    objtool skip the linked patch module, or the hook's returns stay unlisted."""
+    patch = REPO / "tests" / "integration" / "patches" / kernel_6_12.release / "12-module-loop.patch"
+    req = BuildRequest(patches=[patch], release=kernel_6_12.release, source_dir=kernel_6_12.source_tree(),
+                       config=kernel_6_12.config, vmlinux=kernel_6_12.vmlinux, headers=kernel_6_12.headers,
+                       cache_dir=cache_root() / "build-tests", output_dir=tmp_path, name="livepatch-objtool-loop",
+                       modules_dir=kernel_6_12.modules_dir)
+    result = build_livepatch(req)
+    log = Path(result.log).read_text()
+    assert re.search(r"strip-objtool-output +ok .*output-0-loop\.o:\.return_sites", log), log
+    out = Path(result.log + ".out")
+    if not result.cached and out.is_file():
+        assert "already has" not in out.read_text() and "!ENDBR" not in out.read_text()
+    sites = check_objtool_sites(Path(result.module_path), kernel_6_12.config.read_text())
+    assert sites.returns >= 4 and sites.orc_entries > 0

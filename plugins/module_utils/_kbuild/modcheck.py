@@ -12,13 +12,21 @@ and on 6.12 one "Unpatched return thunk in use" warning), and stacks through the
 module become unreliable, so livepatch transitions stall.  objtool writes the
 lists; when it gives up on an object it writes none of them and kbuild still
 succeeds.  This check makes that a build failure instead of a module that loads.
+
+Where kbuild runs objtool on the linked module (``delay-objtool``: X86_KERNEL_IBT or
+LTO_CLANG kernels), objtool also skips every list a part of the module already carries
+("file already has .return_sites, skipping"), leaving the hook's own code out.  The
+engine's outputs carry such lists when their original object went through objtool at
+compile time (a single-object module such as loop.ko), so ``strip_objtool_output``
+removes them first and objtool writes them afresh for the whole module.
 """
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
@@ -26,6 +34,12 @@ RETURN_THUNK = "__x86_return_thunk"
 INDIRECT_THUNK_PREFIXES = ("__x86_indirect_thunk_", "__x86_indirect_its_thunk_")
 # x86 encodings of the instructions whose rel32 field the relocation patches.
 JMP_REL32, CALL_REL32 = 0xE9, 0xE8
+
+
+# What objtool writes (and refuses to write twice); compiler-made tables (__jump_table, __bug_table,
+# .altinstructions, __ex_table, __mcount_loc from -mrecord-mcount) are not among them.
+OBJTOOL_SECTIONS = (".orc_unwind", ".orc_unwind_ip", ".return_sites", ".retpoline_sites", ".call_sites",
+                    ".ibt_endbr_seal", ".static_call_sites")
 
 
 class ModuleCheckError(KbuildError):
@@ -45,6 +59,30 @@ class SiteCheck:
 def config_enabled(config_text: str) -> Set[str]:
     """The ``CONFIG_*`` options set to ``y`` in a kernel config."""
     return {line.split("=", 1)[0] for line in config_text.splitlines() if line.endswith("=y")}
+
+
+def objtool_runs_on_linked_module(config_text: str) -> bool:
+    """kbuild's ``delay-objtool``: objtool runs once on a multi-object module after linking it."""
+    return bool(config_enabled(config_text) & {"CONFIG_X86_KERNEL_IBT", "CONFIG_LTO_CLANG"})
+
+
+def strip_objtool_output(objects: Sequence[Path]) -> List[str]:
+    """Remove objtool's lists from engine outputs (in place) so objtool regenerates them; returns what went."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+
+    removed: List[str] = []
+    for path in objects:
+        present = {s.name for s in read_elf(str(path)).sections}
+        names = [n for n in OBJTOOL_SECTIONS if n in present]
+        if not names:
+            continue
+        argv = ["objcopy"] + [f"--remove-section={n}" for n in names]
+        argv += [f"--remove-section=.rela{n}" for n in names if f".rela{n}" in present]
+        proc = subprocess.run(argv + [str(path)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise KbuildError(f"objcopy could not remove {', '.join(names)} from {path}: {proc.stderr.strip()}")
+        removed += [f"{Path(path).name}:{n}" for n in names]
+    return removed
 
 
 def _site_targets(obj, name: str) -> Set[Tuple[int, int]]:

@@ -38,7 +38,11 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod impo
     kmod_sources,
     module_name,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import check_objtool_sites
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
+    check_objtool_sites,
+    objtool_runs_on_linked_module,
+    strip_objtool_output,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
     KbuildError,
     StepLog,
@@ -498,6 +502,9 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     _timed(timings, "diff", t)
     t = time.monotonic()
     outputs = sorted(out_dir.glob("output-*.o"))
+    if objtool_runs_on_linked_module(Path(req.config).read_text(errors="replace")):
+        with log.step("strip-objtool-output") as res:
+            res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
     linked = build_patch_module(Path(req.headers), outputs, req.module_name, work / "kmod", log,
                                 replace=req.replace, jobs=req.jobs)
     final_dir = Path(req.cache_dir) / "modules" / key
