@@ -129,3 +129,17 @@ def test_module_patch_lists_the_hook_code_too(kernel_6_12, tmp_path):
         assert "already has" not in out.read_text() and "!ENDBR" not in out.read_text()
     sites = check_objtool_sites(Path(result.module_path), kernel_6_12.config.read_text())
     assert sites.returns >= 4 and sites.orc_entries > 0
+
+
+def test_kernels_whose_loader_applies_no_site_lists_are_not_held_to_them(built, kernel_6_12, tmp_path):
+    """CONFIG_RETPOLINE/RETHUNK alone do not mean the loader reads the lists (RHEL 8's 4.18 has no
+    .retpoline_sites): the kernel source's own declarations decide."""
+    result = built[0]
+    config = kernel_6_12.config.read_text()
+    stripped = _without(result.module_path, tmp_path, ".return_sites", ".rela.return_sites")
+    asm = tmp_path / "old-tree" / "arch" / "x86" / "include" / "asm"
+    asm.mkdir(parents=True)
+    (asm / "alternative.h").write_text("extern void apply_alternatives(struct alt_instr *start, struct alt_instr *end);\n")
+    assert check_objtool_sites(stripped, config, tmp_path / "old-tree").returns == 0
+    with pytest.raises(ModuleCheckError, match="not listed in .return_sites"):
+        check_objtool_sites(stripped, config, kernel_6_12.source_tree())

@@ -26,7 +26,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
@@ -107,20 +107,36 @@ def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
     return uses
 
 
-def check_objtool_sites(ko: Path, config_text: str) -> SiteCheck:
+def loader_patches(source_root: Optional[Path]) -> Set[str]:
+    """Which site lists this kernel's module loader applies (``apply_returns``, ``apply_retpolines``).
+
+    CONFIG_RETPOLINE predates ``.retpoline_sites`` (5.16) by years, so the config alone would
+    demand lists that older kernels (RHEL 8's 4.18) never had; the kernel's own declarations tell.
+    Without a source tree both are assumed.
+    """
+    wanted = {"apply_returns", "apply_retpolines"}
+    header = Path(source_root) / "arch" / "x86" / "include" / "asm" / "alternative.h" if source_root else None
+    if header is None or not header.is_file():
+        return wanted
+    text = header.read_text(errors="replace")
+    return {name for name in wanted if f"{name}(" in text}
+
+
+def check_objtool_sites(ko: Path, config_text: str, source_root: Optional[Path] = None) -> SiteCheck:
     """Raise ModuleCheckError when ``ko`` misses return/retpoline sites or ORC data its kernel needs."""
     from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
 
     obj = read_elf(str(ko))
     enabled = config_enabled(config_text)
+    applied = loader_patches(source_root)
     result = SiteCheck()
-    if enabled & {"CONFIG_RETHUNK", "CONFIG_MITIGATION_RETHUNK"}:
+    if enabled & {"CONFIG_RETHUNK", "CONFIG_MITIGATION_RETHUNK"} and "apply_returns" in applied:
         listed = _site_targets(obj, ".return_sites")
         uses = _thunk_uses(obj, lambda name: name == RETURN_THUNK)
         result.returns = len(uses)
         result.problems += [f"{sec.name}+{off:#x}: return through {sym} not listed in .return_sites"
                             for sec, off, sym in uses if (id(sec), off) not in listed]
-    if enabled & {"CONFIG_RETPOLINE", "CONFIG_MITIGATION_RETPOLINE"}:
+    if enabled & {"CONFIG_RETPOLINE", "CONFIG_MITIGATION_RETPOLINE"} and "apply_retpolines" in applied:
         listed = _site_targets(obj, ".retpoline_sites")
         uses = _thunk_uses(obj, lambda name: name.startswith(INDIRECT_THUNK_PREFIXES))
         result.retpolines = len(uses)

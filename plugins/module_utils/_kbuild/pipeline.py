@@ -516,7 +516,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")
     with log.step("check-objtool-sites") as res:
-        sites = check_objtool_sites(klp_ko, Path(req.config).read_text(errors="replace"))
+        sites = check_objtool_sites(klp_ko, Path(req.config).read_text(errors="replace"), tree.root)
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
     if req.signing_key:
         sign_module(req, klp_ko, log)
