@@ -183,11 +183,13 @@ def test_config_falls_back_to_the_headers_config(tmp_path):
 
 
 def _request(tmp_path: Path, acq=None, source=None) -> BuildRequest:
-    (tmp_path / "headers").mkdir(exist_ok=True)
-    (tmp_path / "headers" / "Makefile").write_text("")
-    (tmp_path / "config").write_text("CONFIG_MODULES=y\nCONFIG_LIVEPATCH=y\n")
-    (tmp_path / "vmlinux").write_bytes(b"")
-    (tmp_path / "p.patch").write_text("--- a/x.c\n+++ b/x.c\n")
+    # Written once: the cache key includes vmlinux's mtime, and a rewrite in the next second would change it.
+    if not (tmp_path / "vmlinux").exists():
+        (tmp_path / "headers").mkdir(exist_ok=True)
+        (tmp_path / "headers" / "Makefile").write_text("")
+        (tmp_path / "config").write_text("CONFIG_MODULES=y\nCONFIG_LIVEPATCH=y\n")
+        (tmp_path / "vmlinux").write_bytes(b"")
+        (tmp_path / "p.patch").write_text("--- a/x.c\n+++ b/x.c\n")
     return BuildRequest(patches=[tmp_path / "p.patch"], release=RELEASE,
                         source_dir=acq.final_dir if acq else source, acquire=acq, config=tmp_path / "config",
                         vmlinux=tmp_path / "vmlinux", headers=tmp_path / "headers", cache_dir=tmp_path / "cache",
