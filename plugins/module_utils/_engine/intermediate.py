@@ -134,9 +134,17 @@ class KlpSymbol:
     type: int
 
 
+KLP_SYM_PREFIX = ".klp.sym."
+
+
+def klp_symbol_name(objname: str, name: str, sympos: int) -> str:
+    """``.klp.sym.<objname>.<name>,<sympos>``: the name the kernel's livepatch core parses."""
+    return "%s%s.%s,%d" % (KLP_SYM_PREFIX, objname, name, sympos)
+
+
 def placeholder_name(ksym: KlpSymbol) -> str:
     """The livepatch symbol name ``ksym`` will have, used for its placeholder until then."""
-    return ".klp.sym.%s.%s,%d" % (ksym.objname, ksym.name, ksym.sympos)
+    return klp_symbol_name(ksym.objname, ksym.name, ksym.sympos)
 
 
 @dataclass

@@ -37,7 +37,6 @@ module as the symbol's object, and the kernel resolves it when that module loads
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -59,9 +58,14 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
     Symbol,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import (
+    KLP_SYM_PREFIX,
+    RELOCATION_ENTRY,
+    SYMBOL_ENTRY,
+    klp_symbol_name,
+)
 
 KLP_RELA_PREFIX = ".klp.rela."
-KLP_SYM_PREFIX = ".klp.sym."
 # kernel/livepatch/core.c: sscanf(".klp.sym.%55[^.].%511[^,],%lu") -- MODULE_NAME_LEN / KSYM_NAME_LEN.
 MAX_OBJNAME = 55
 MAX_SYMNAME = 511
@@ -70,8 +74,6 @@ KERNEL_RELOC_TYPES = {R_X86_64_NONE: "R_X86_64_NONE", R_X86_64_64: "R_X86_64_64"
                       R_X86_64_32S: "R_X86_64_32S", R_X86_64_PC32: "R_X86_64_PC32",
                       R_X86_64_PLT32: "R_X86_64_PLT32", R_X86_64_PC64: "R_X86_64_PC64"}
 
-RELOCATION_ENTRY = struct.Struct("<QIIqQQ")  # dest type external addend objname ksym
-SYMBOL_ENTRY = struct.Struct("<QQBB6xQQ")  # src sympos bind type name objname
 _DEST, _OBJNAME, _KSYM = 0, 24, 32  # field offsets in a relocation entry
 _SYM_NAME, _SYM_OBJNAME = 24, 32  # field offsets in a symbol entry
 CONSUMED = (".kpatch.relocations", ".kpatch.symbols")
@@ -182,7 +184,7 @@ class _Builder:
         self.klp_sites: Set[Tuple[int, int]] = set()
 
     def symbol(self, target: _Target) -> Symbol:
-        name = "%s%s.%s,%d" % (KLP_SYM_PREFIX, target.objname, target.name, target.sympos)
+        name = klp_symbol_name(target.objname, target.name, target.sympos)
         sym = self.symbols.get(name)
         if sym is None:
             sym = Symbol(name=name, bind=target.bind, type=target.type, shndx=SHN_LIVEPATCH)

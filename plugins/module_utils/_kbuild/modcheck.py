@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import SHF_ALLOC
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import parse_config
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 RETURN_THUNK = "__x86_return_thunk"
@@ -58,7 +60,7 @@ class SiteCheck:
 
 def config_enabled(config_text: str) -> Set[str]:
     """The ``CONFIG_*`` options set to ``y`` in a kernel config."""
-    return {line.split("=", 1)[0] for line in config_text.splitlines() if line.endswith("=y")}
+    return {name for name, value in parse_config(config_text).items() if value == "y"}
 
 
 def objtool_runs_on_linked_module(config_text: str) -> bool:
@@ -102,7 +104,7 @@ def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
             continue
         for rel in rela.relocations:
             insn = rel.offset - 1
-            if wanted(rel.sym.name) and insn >= 0 and base.data[insn:insn + 1] in (bytes([JMP_REL32]), bytes([CALL_REL32])):
+            if wanted(rel.sym.name) and 0 <= insn < len(base.data) and base.data[insn] in (JMP_REL32, CALL_REL32):
                 uses.append((base, insn, rel.sym.name))
     return uses
 
@@ -144,7 +146,7 @@ def check_objtool_sites(ko: Path, config_text: str, source_root: Optional[Path] 
                             for sec, off, sym in uses if (id(sec), off) not in listed]
     if "CONFIG_UNWINDER_ORC" in enabled:
         orc_ip = obj.find_section(".orc_unwind_ip")
-        has_code = any(s.is_text and s.size and s.flags & 0x2 for s in obj.sections)
+        has_code = any(s.is_text and s.size and s.flags & SHF_ALLOC for s in obj.sections)
         result.orc_entries = (orc_ip.size // 4) if orc_ip is not None else 0
         if has_code and (orc_ip is None or obj.find_section(".orc_unwind") is None):
             result.problems.append("no ORC unwind tables (.orc_unwind/.orc_unwind_ip): stacks through the "

@@ -60,13 +60,18 @@ class ObjectMap:
 # --------------------------------------------------------------------------- .config and Makefiles
 
 
-def read_config(tree_root: Path) -> Dict[str, str]:
+def parse_config(text: str) -> Dict[str, str]:
+    """``CONFIG_*`` → value for every option a kernel config sets (``# ... is not set`` lines omitted)."""
     values: Dict[str, str] = {}
-    for line in (tree_root / ".config").read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
         if m:
             values[m.group(1)] = m.group(2)
     return values
+
+
+def read_config(tree_root: Path) -> Dict[str, str]:
+    return parse_config((tree_root / ".config").read_text(errors="replace"))
 
 
 def kbuild_assignments(directory: Path, names: Optional[Sequence[str]] = None) -> List[Tuple[str, List[str]]]:

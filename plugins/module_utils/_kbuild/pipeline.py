@@ -366,11 +366,9 @@ def patch_include_dir(cache_dir: Path) -> Path:
 
 def sign_module(req: BuildRequest, ko: Path, log: StepLog, step: str = "sign", what: str = "sign-file") -> None:
     """Append the kernel's module signature to ``ko`` with the release's ``sign-file``."""
-    sign_file = sign_file_path(req)
-    if not sign_file.exists():
-        raise KbuildError(f"cannot sign: {sign_file} not found in the kernel headers")
+    # check_signing_inputs (run by check_inputs before any build) made sure sign-file exists.
     with log.step(step, str(ko)):
-        run_logged(log, [str(sign_file), signature_hash(req), str(req.signing_key), str(req.signing_cert), str(ko)],
+        run_logged(log, [str(sign_file_path(req)), signature_hash(req), str(req.signing_key), str(req.signing_cert), str(ko)],
                    what=what)
 
 
@@ -502,7 +500,8 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     _timed(timings, "diff", t)
     t = time.monotonic()
     outputs = sorted(out_dir.glob("output-*.o"))
-    if objtool_runs_on_linked_module(Path(req.config).read_text(errors="replace")):
+    config_text = Path(req.config).read_text(errors="replace")
+    if objtool_runs_on_linked_module(config_text):
         with log.step("strip-objtool-output") as res:
             res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
     linked = build_patch_module(Path(req.headers), outputs, req.module_name, work / "kmod", log,
@@ -516,7 +515,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")
     with log.step("check-objtool-sites") as res:
-        sites = check_objtool_sites(klp_ko, Path(req.config).read_text(errors="replace"), tree.root)
+        sites = check_objtool_sites(klp_ko, config_text, tree.root)
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
     if req.signing_key:
         sign_module(req, klp_ko, log)
