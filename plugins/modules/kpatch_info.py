@@ -16,7 +16,8 @@ short_description: Report loaded and installed livepatch modules, taint and stal
 description:
   - Reads C(/sys/kernel/livepatch), C(/sys/module), C(/proc/sys/kernel/tainted), the tasks'
     C(patch_state) and the install directory, and returns them as lists of dictionaries, so a
-    fleet report can filter them with C(json_query) (jmespath).
+    fleet report can filter them with the collection's own jmespath filter,
+    C(kpatch.livepatch.jmespath).
   - Changes nothing; needs only Python's standard library on the host.
 version_added: 0.1.0
 author:
@@ -40,7 +41,7 @@ EXAMPLES = r"""
 
 - name: Names of the patches that are enabled and settled
   ansible.builtin.debug:
-    msg: "{{ lp.patches | community.general.json_query('[?enabled && !transition].name') }}"
+    msg: "{{ lp.patches | kpatch.livepatch.jmespath('[?enabled && !transition].name') }}"
 
 - name: Fail when the kernel is tainted by anything but livepatch and out-of-tree modules
   ansible.builtin.assert:

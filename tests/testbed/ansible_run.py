@@ -1,7 +1,7 @@
 """Run the collection's modules and playbooks through real Ansible (ad-hoc and ansible-playbook).
 
 Tests drive Ansible exactly as a user does, with the repository's ``ansible.cfg`` (which puts
-``.collection/`` on the collections path), and parse the module result from ad-hoc one-line output.
+``playbooks/collections`` on the collections path: the committed link to this checkout), and parse the module result from ad-hoc one-line output.
 """
 
 from __future__ import annotations
