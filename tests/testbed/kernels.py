@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 DEFAULT_RELEASE = "6.1.0-50-cloud-amd64"
 
@@ -35,11 +35,24 @@ class ReleaseSpec:
     source_version: str
     common: str  # linux-headers-<common>
     kbuild: str  # the linux-kbuild package's real name (6.12 names it after the ABI)
+    # Another suite of the machine's own Debian archive (reached through a private sources list,
+    # never by changing the machine's apt setup); None: the machine's own suites.
+    suite: Optional[str] = None
+    # The packages holding kernel image, config and modules: "-unsigned" until Debian split them
+    # (7.x: linux-binary-R, linux-base-R, linux-modules-R, everything under /usr/lib/modules/R).
+    image: Tuple[str, ...] = ("linux-image-{release}-unsigned",)
+    # vmlinux inside the -dbg package (7.x keeps it under lib/modules, /boot's name is a link).
+    dbg_vmlinux: str = "./usr/lib/debug/boot/vmlinux-{release}"
+
+    def image_roles(self) -> Tuple[str, ...]:
+        return tuple("image" if i == 0 else f"image{i}" for i in range(len(self.image)))
 
     def packages(self) -> Dict[str, str]:
         """Role → ``name=version`` for apt-get download."""
+        images = {role: f"{name.format(release=self.release)}={self.version}"
+                  for role, name in zip(self.image_roles(), self.image)}
         return {
-            "image": f"linux-image-{self.release}-unsigned={self.version}",
+            **images,
             "headers": f"linux-headers-{self.release}={self.version}",
             "headers_common": f"linux-headers-{self.common}={self.version}",
             "kbuild": f"{self.kbuild}={self.version}",
@@ -55,6 +68,16 @@ RELEASES: Dict[str, ReleaseSpec] = {
     "6.12.107+deb12-cloud-amd64": ReleaseSpec(
         "6.12.107+deb12-cloud-amd64", "6.12.107-1~deb12u1", "6.12", "6.12.107-1~deb12u1",
         "6.12.107+deb12-common", "linux-kbuild-6.12.107+deb12"),
+    # Debian 13 (trixie), built with gcc-14.
+    "6.12.117+deb13-cloud-amd64": ReleaseSpec(
+        "6.12.117+deb13-cloud-amd64", "6.12.117-1", "6.12", "6.12.117-1", "6.12.117+deb13-common",
+        "linux-kbuild-6.12.117+deb13", suite="trixie"),
+    # Debian sid, built with gcc-16: past kpatch's last supported kernel (6.19).
+    "7.2.13+deb14-cloud-amd64": ReleaseSpec(
+        "7.2.13+deb14-cloud-amd64", "7.2.13-1", "7.2", "7.2.13-1", "7.2.13+deb14-common",
+        "linux-kbuild-7.2.13+deb14", suite="sid",
+        image=("linux-binary-{release}", "linux-base-{release}", "linux-modules-{release}"),
+        dbg_vmlinux="./usr/lib/debug/lib/modules/{release}/vmlinux"),
 }
 
 
@@ -119,21 +142,29 @@ class KernelArtifacts:
     def sysroot(self) -> Path:
         return self.root / "sysroot"
 
+    def _boot_file(self, name: str) -> Path:
+        """``/boot/<name>-R``, or where Debian 7.x puts it: ``/usr/lib/modules/R/<name>``."""
+        classic = self.sysroot / "boot" / f"{name}-{self.release}"
+        merged = self.sysroot / "usr" / "lib" / "modules" / self.release / name
+        return merged if not classic.exists() and merged.exists() else classic
+
     @property
     def vmlinuz(self) -> Path:
-        return self.sysroot / "boot" / f"vmlinuz-{self.release}"
+        return self._boot_file("vmlinuz")
 
     @property
     def config(self) -> Path:
-        return self.sysroot / "boot" / f"config-{self.release}"
+        return self._boot_file("config")
 
     @property
     def system_map(self) -> Path:
-        return self.sysroot / "boot" / f"System.map-{self.release}"
+        return self._boot_file("System.map")
 
     @property
     def modules_dir(self) -> Path:
-        return self.sysroot / "lib" / "modules" / self.release
+        classic = self.sysroot / "lib" / "modules" / self.release
+        merged = self.sysroot / "usr" / "lib" / "modules" / self.release
+        return merged if not classic.exists() and merged.exists() else classic
 
     @property
     def headers(self) -> Path:
@@ -156,6 +187,52 @@ class KernelArtifacts:
         return tree
 
 
+def machine_archive_uri() -> str:
+    """The URI of the Debian archive this machine's own apt configuration uses."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            words = line.split()
+            if words[:1] == ["URIs:"] and len(words) > 1 and words[1].rstrip("/").endswith("/debian"):
+                return words[1]
+            if words[:1] == ["deb"]:
+                uris = [w for w in words[1:] if "://" in w]
+                if uris and uris[0].rstrip("/").endswith("/debian"):
+                    return uris[0]
+    raise TestbedError("no Debian archive in this machine's apt sources (/etc/apt/sources.list.d/*.sources, "
+                       "/etc/apt/sources.list): cannot reach another suite")
+
+
+def apt_options(suite: Optional[str]) -> list:
+    """apt-get options that read a private sources list for ``suite`` (none for the machine's own).
+
+    The lists live in the cache (``apt/<suite>/``) and are refreshed at most every 6 hours; the
+    machine's own apt configuration and lists are never touched.
+    """
+    if suite is None:
+        return []
+    root = cache_root() / "apt" / suite
+    sources, lists = root / "sources.list", root / "lists"
+    opts = [f"-o Dir::Etc::sourcelist={sources}", "-o Dir::Etc::sourceparts=-", f"-o Dir::State::Lists={lists}",
+            f"-o Dir::Cache={root / 'cache'}"]
+    opts = [part for opt in opts for part in opt.split(" ", 1)]
+    with cache_lock(f"apt-{suite}"):
+        stamp = root / ".updated"
+        if stamp.exists() and time.time() - stamp.stat().st_mtime < 6 * 3600:
+            return opts
+        (lists / "partial").mkdir(parents=True, exist_ok=True)
+        (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+        sources.write_text(f"deb [signed-by={keyring}] {machine_archive_uri()} {suite} main\n", encoding="utf-8")
+        log(f"apt-get update of suite {suite} (private sources list {sources})")
+        proc = subprocess.run(["apt-get", *opts, "update", "-q"], capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or "Err:" in proc.stdout:
+            raise TestbedError(f"apt-get update of suite {suite} failed: {(proc.stdout + proc.stderr).strip()[-800:]}")
+        stamp.touch()
+    return opts
+
+
 def _download(spec: ReleaseSpec, role: str, pkg: str) -> Path:
     """apt-get download one package into the shared deb cache (kept across runs)."""
     debs = cache_root() / "debs"
@@ -168,7 +245,7 @@ def _download(spec: ReleaseSpec, role: str, pkg: str) -> Path:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(dir=debs) as tmp:
         os.chmod(tmp, 0o755)
-        proc = subprocess.run(["apt-get", "download", "-q", pkg], cwd=tmp,
+        proc = subprocess.run(["apt-get", *apt_options(spec.suite), "download", "-q", pkg], cwd=tmp,
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             hint = " (run 'apt-get update' first?)" if "Unable to locate" in proc.stderr or "Can't find" in proc.stderr else ""
@@ -200,7 +277,7 @@ def _unpack_sysroot(art: KernelArtifacts) -> None:
     target = art.sysroot
     tmp = Path(tempfile.mkdtemp(dir=art.root, prefix=".sysroot-"))
     try:
-        for role in ("image", "headers", "headers_common", "kbuild"):
+        for role in (*art.spec.image_roles(), "headers", "headers_common", "kbuild"):
             _extract(art.debs[role], tmp)
         # The headers Makefile includes the common tree by absolute path; point it into the cache
         # so kbuild works without installing anything.
@@ -228,7 +305,7 @@ def _extract_one(art: KernelArtifacts, role: str, member: str, out: Path) -> Non
 
 def _unpack_dbg(art: KernelArtifacts) -> None:
     """Only vmlinux from the -dbg package (the module debug files are GBs)."""
-    _extract_one(art, "dbg", f"./usr/lib/debug/boot/vmlinux-{art.release}", art.vmlinux)
+    _extract_one(art, "dbg", art.spec.dbg_vmlinux.format(release=art.release), art.vmlinux)
 
 
 def _unpack_source_tarball(art: KernelArtifacts) -> None:
@@ -262,7 +339,7 @@ def fetch_kernel(release: str = DEFAULT_RELEASE, with_dbg: bool = True,
     check_environment()
     art = KernelArtifacts(release=release, spec=spec, root=cache_root() / release)
     art.root.mkdir(parents=True, exist_ok=True)
-    wanted = ["image", "headers", "headers_common", "kbuild"]
+    wanted = [*spec.image_roles(), "headers", "headers_common", "kbuild"]
     wanted += ["dbg"] if with_dbg else []
     wanted += ["source"] if with_source else []
     with cache_lock(f"fetch-{release}"):

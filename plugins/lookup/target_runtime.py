@@ -1,0 +1,122 @@
+# -*- coding: utf-8 -*-
+# Copyright: kpatch.livepatch contributors
+# GNU General Public License v2.0 or later; by its "any later version" clause that includes
+# version 3 (see https://www.gnu.org/licenses/gpl-2.0.txt)
+"""The target runtime as one archive, so a host receives it in one transfer.
+
+The ``target`` role used to copy the files of ``module_utils/_target`` one by one: one
+round trip each, most of a first apply under emulation.  This lookup packs them into one
+zip (package ``kpatch_target``, importable straight from the archive through ``PYTHONPATH``)
+on the controller.  The bytes depend only on the sources' names and contents (fixed
+timestamps and modes, sorted entries), so ``ansible.builtin.copy`` sees the same checksum on
+every run and transfers nothing when the host already has it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: target_runtime
+author: kpatch.livepatch contributors (@kpatch-livepatch)
+version_added: 0.2.0
+short_description: Pack the target runtime into one reproducible archive on the controller
+description:
+  - Packs the collection's standard-library target runtime (C(plugins/module_utils/_target))
+    into a zip holding the Python package C(kpatch_target) and returns the archive's path on
+    the controller.
+  - The archive is reproducible, so its checksum changes only when a source file does; it is
+    written once per content into O(cache_dir) (atomically) and reused.
+  - The boot service runs it as C(PYTHONPATH=<archive> python3 -m kpatch_target.boot).
+options:
+  cache_dir:
+    description: Controller directory that keeps the archives, one file per content.
+    type: path
+    default: ~/.cache/kpatch-livepatch
+"""
+
+EXAMPLES = r"""
+- name: Install the target runtime in one transfer
+  ansible.builtin.copy:
+    src: "{{ lookup('kpatch.livepatch.target_runtime') }}"
+    dest: /usr/lib/kpatch-livepatch/kpatch_target.zip
+    mode: "0644"
+"""
+
+RETURN = r"""
+_raw:
+  description: The path of the archive on the controller (one element).
+  type: list
+  elements: path
+"""
+
+import hashlib
+import io
+import os
+import tempfile
+import zipfile
+
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.lookup import LookupBase
+
+PACKAGE = "kpatch_target"
+SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils", "_target")
+# zip's epoch is 1980; any fixed stamp makes the archive reproducible.
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def runtime_sources(source_dir=SOURCES):
+    """The runtime's ``*.py`` files, sorted by name (``__init__.py`` included)."""
+    try:
+        names = sorted(n for n in os.listdir(source_dir) if n.endswith(".py"))
+    except OSError as exc:
+        raise AnsibleLookupError("target runtime sources not readable at %s: %s" % (source_dir, exc))
+    if "__init__.py" not in names or "boot.py" not in names:
+        raise AnsibleLookupError("%s is not the target runtime package (no __init__.py or boot.py)" % source_dir)
+    return [os.path.join(source_dir, n) for n in names]
+
+
+def archive_bytes(paths):
+    """A zip of ``paths`` under ``kpatch_target/`` whose bytes depend only on names and contents."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in paths:
+            info = zipfile.ZipInfo("%s/%s" % (PACKAGE, os.path.basename(path)), date_time=FIXED_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with open(path, "rb") as fh:
+                zf.writestr(info, fh.read())
+    return buf.getvalue()
+
+
+def publish(data, cache_dir):
+    """Write ``data`` as ``kpatch_target-<sha256[:16]>.zip`` in ``cache_dir`` unless it is there."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    path = os.path.join(cache_dir, "%s-%s.zip" % (PACKAGE, digest))
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            if fh.read() == data:
+                return path
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".%s-" % PACKAGE, dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        # Atomic: a concurrent play never reads a half-written archive.
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        self.set_options(var_options=variables, direct=kwargs)
+        cache_dir = os.path.expanduser(self.get_option("cache_dir"))
+        try:
+            return [publish(archive_bytes(runtime_sources()), cache_dir)]
+        except OSError as exc:
+            raise AnsibleLookupError("cannot write the target runtime archive under %s: %s" % (cache_dir, exc))

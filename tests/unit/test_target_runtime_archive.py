@@ -1,0 +1,76 @@
+"""The target runtime archive: reproducible bytes, importable as ``kpatch_target``, atomic publishing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from ansible.errors import AnsibleLookupError
+
+from ansible_collections.kpatch.livepatch.plugins.lookup.target_runtime import (
+    SOURCES, archive_bytes, publish, runtime_sources)
+
+
+def copy_sources(dest: Path) -> Path:
+    dest.mkdir()
+    for path in runtime_sources():
+        shutil.copy(path, dest)
+    return dest
+
+
+def test_archive_holds_every_runtime_file_under_the_package(tmp_path: Path) -> None:
+    names = sorted(p.name for p in Path(SOURCES).glob("*.py"))
+    assert "loader.py" in names
+    archive = Path(publish(archive_bytes(runtime_sources()), str(tmp_path)))
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(zf.namelist()) == sorted(f"kpatch_target/{n}" for n in names)
+        for n in names:
+            assert zf.read(f"kpatch_target/{n}") == (Path(SOURCES) / n).read_bytes()
+
+
+def test_bytes_depend_only_on_names_and_contents(tmp_path: Path) -> None:
+    first = archive_bytes(runtime_sources())
+    copy = copy_sources(tmp_path / "copy")
+    # Other mtimes and modes: the same archive.
+    for path in copy.iterdir():
+        path.touch()
+        path.chmod(0o600)
+    assert archive_bytes(runtime_sources(str(copy))) == first
+    (copy / "boot.py").write_text((copy / "boot.py").read_text() + "\n# changed\n")
+    assert archive_bytes(runtime_sources(str(copy))) != first
+
+
+def test_boot_service_command_runs_from_the_archive(tmp_path: Path) -> None:
+    archive = publish(archive_bytes(runtime_sources()), str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-B", "-I", "-c",
+                           "import sys; sys.path.insert(0, sys.argv[1]); import runpy;"
+                           " sys.argv = ['boot', '--help']; runpy.run_module('kpatch_target.boot', run_name='__main__')",
+                           archive], capture_output=True, text=True, check=False, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "kpatch_target.boot" in proc.stdout
+    assert "--install-dir" in proc.stdout
+
+
+def test_publish_reuses_the_same_content_and_leaves_no_temporary(tmp_path: Path) -> None:
+    data = archive_bytes(runtime_sources())
+    cache = tmp_path / "cache"
+    first = Path(publish(data, str(cache)))
+    stamp = first.stat().st_mtime_ns
+    assert Path(publish(data, str(cache))) == first
+    assert first.stat().st_mtime_ns == stamp
+    # A damaged cached file with the right name is rewritten, not trusted.
+    first.write_bytes(b"damaged")
+    assert Path(publish(data, str(cache))).read_bytes() == data
+    assert sorted(p.name for p in cache.iterdir()) == [first.name]
+
+
+def test_not_a_runtime_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "other.py").write_text("x = 1\n")
+    with pytest.raises(AnsibleLookupError, match="not the target runtime package"):
+        runtime_sources(str(tmp_path))
+    with pytest.raises(AnsibleLookupError, match="not readable"):
+        runtime_sources(str(tmp_path / "missing"))
