@@ -100,6 +100,16 @@ options:
       - Directory holding installed modules, one subdirectory per kernel release.
     type: path
     default: /var/lib/kpatch
+  metrics_file:
+    description:
+      - Prometheus node-exporter textfile (C(*.prom), absolute path) to rewrite after the task,
+        with the host's livepatch state (patches loaded, enabled, in transition; installed
+        modules; stalled tasks; taint flags; the time of the last change).
+      - Rewritten atomically after every run that is not in check mode, also when the task
+        fails; the last-change time moves only when the task changed something.
+      - The boot service of the P(kpatch.livepatch.target#role) role refreshes the same file at boot.
+    type: path
+    version_added: 0.2.0
 notes:
   - Check mode reports the steps it would take (RV(actions)) and changes nothing.
   - Diff mode shows the sets of loaded patches and installed modules before and after.
@@ -209,10 +219,12 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.facts import (
-    gather_host_state, running_release)
+    gather_host_state, gather_info, running_release)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
     HostLock, LoaderError, installed_path, install_file, load_module, reference_vermagic,
     remove_file, rmmod, unload_module, validate_module, wait_for_transition)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.metrics import (
+    check_metrics_path, write_metrics)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
     ModinfoError, normalize_module_name, read_modinfo, sha256_of)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state import (
@@ -229,6 +241,7 @@ ARGUMENT_SPEC = dict(
     timeout=dict(type="int", default=60),
     force=dict(type="bool", default=False),
     install_dir=dict(type="path", default="/var/lib/kpatch"),
+    metrics_file=dict(type="path"),
 )
 
 
@@ -362,14 +375,32 @@ class _NoLock(object):
         return False
 
 
+def _refresh_metrics(module, changed):
+    """Rewrite the textfile metrics after a real run; a failure to write is a warning, not a failed task."""
+    path = module.params["metrics_file"]
+    if not path or module.check_mode:
+        return
+    try:
+        write_metrics(path, gather_info(module.params["install_dir"]), changed=changed)
+    except (OSError, ValueError) as exc:
+        module.warn("metrics file %s not written: %s" % (path, exc))
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if module.params["metrics_file"]:
+        try:
+            check_metrics_path(module.params["metrics_file"])
+        except ValueError as exc:
+            module.fail_json(msg=str(exc), changed=False)
     try:
         result = run(module)
     except TaskFailure as exc:
         extra = dict(changed=False)
         extra.update(exc.extra)
+        _refresh_metrics(module, bool(extra.get("changed")))
         module.fail_json(msg=str(exc), **extra)
+    _refresh_metrics(module, result["changed"])
     if result["forced"]:
         module.warn("a stalled transition was forced; the patch module can no longer be removed")
     module.exit_json(**result)

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -291,3 +292,48 @@ def test_absent_removes_everything(ansible: Ansible, vm: DebianVM, mods):
     assert res["changed"] is True and res["installed"] == {}, res
     assert ansible.kpatch(name="livepatch_sample", state="absent")["changed"] is False
     assert lsmod_ours(vm) == [] and livepatches(vm) == []
+
+
+def read_metrics(vm: DebianVM, path: str) -> dict:
+    """The textfile as node-exporter would read it: (name, labels) -> value, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
+
+    text = sh(vm, f"cat {path}") + "\n"
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_file_follows_every_change(ansible: Ansible, vm: DebianVM, mods):
+    _art, built = mods
+    prom = "/var/lib/node-exporter/kpatch.prom"
+    vm.ssh(f"rm -f {prom}")
+    check = ansible.kpatch(src=built.sample, state="loaded", metrics_file=prom, check=True)
+    assert check["changed"] is True and sh(vm, f"test -e {prom} && echo yes || echo no") == "no"
+    res = ansible.kpatch(src=built.sample, state="loaded", metrics_file=prom)
+    assert not res.get("failed") and res["changed"] is True, res
+    loaded = read_metrics(vm, prom)
+    patch = (("patch", "livepatch_sample"),)
+    assert loaded[("kpatch_livepatch_patch_enabled", patch)] == 1
+    assert loaded[("kpatch_livepatch_patch_transition", patch)] == 0
+    assert loaded[("kpatch_livepatch_kernel_taint_flag", (("flag", "livepatch"),))] == 1
+    first_change = loaded[("kpatch_livepatch_last_change_timestamp_seconds", ())]
+    assert abs(first_change - float(sh(vm, "date +%s"))) < 120
+    # An unchanged run rewrites the file but keeps the time of the last change.
+    assert ansible.kpatch(src=built.sample, state="loaded", metrics_file=prom)["changed"] is False
+    assert read_metrics(vm, prom)[("kpatch_livepatch_last_change_timestamp_seconds", ())] == first_change
+    # The boot service's command, by hand: the patch is already loaded, the file is refreshed.
+    if sh(vm, "test -e /usr/lib/kpatch-livepatch/kpatch_target.zip && echo yes || echo no") != "yes":
+        assert not any(r.get("failed") for r in ansible.play({"roles": [{"role": "kpatch.livepatch.target"}]}))
+    out = sh(vm, f"rm -f {prom}; PYTHONPATH=/usr/lib/kpatch-livepatch/kpatch_target.zip python3 -B -m"
+                 f" kpatch_target.boot --install-dir /var/lib/kpatch --metrics-file {prom}")
+    assert "kpatch:" in out
+    assert read_metrics(vm, prom)[("kpatch_livepatch_patch_enabled", patch)] == 1
+    time.sleep(1.1)
+    res = ansible.kpatch(name="livepatch_sample", state="unloaded", metrics_file=prom)
+    assert res["changed"] is True, res
+    after = read_metrics(vm, prom)
+    assert ("kpatch_livepatch_patch_enabled", patch) not in after
+    assert after[("kpatch_livepatch_last_change_timestamp_seconds", ())] > first_change
+    bad = ansible.kpatch(name="livepatch_sample", state="unloaded", metrics_file="/tmp/kpatch.txt")
+    assert bad["failed"] and "must be an absolute path ending in .prom" in bad["msg"]
+    assert sh(vm, "ls /var/lib/node-exporter") == "kpatch.prom"

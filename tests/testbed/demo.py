@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.testbed.kernels import DEFAULT_RELEASE, TestbedError, fetch_kernel
+from tests.testbed.kernels import DEFAULT_RELEASE, TestbedError, cache_root, fetch_kernel
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH = REPO / "examples" / "patches" / "meminfo-string.patch"
@@ -58,13 +58,16 @@ def run_playbook(vm, artifacts, workdir: Path) -> int:
            "-e", json.dumps({"kpatch_patch_files": [str(PATCH)], "kpatch_build_kernels": build_kernels}),
            "-e", "kpatch_target_group=kpatch_targets",
            "-e", f"kpatch_summary_path={workdir / 'summary.json'}",
-           "-e", f"kpatch_artifacts_dir={workdir / 'artifacts'}"]
+           "-e", f"kpatch_artifacts_dir={workdir / 'artifacts'}",
+           # The builder's cache lives in the testbed cache too, so an empty KPATCH_TESTBED_CACHE
+           # really is a first run (the playbook's own default is /var/cache/kpatch-build).
+           "-e", f"kpatch_build_cache_dir={cache_root() / 'demo-build'}"]
     print("    $ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=REPO, env=env)
 
 
 def main() -> int:
-    t = stage(f"fetching Debian kernel {DEFAULT_RELEASE} (cached under /var/cache/kpatch-livepatch)")
+    t = stage(f"fetching Debian kernel {DEFAULT_RELEASE} (cached under {cache_root()})")
     try:
         artifacts = fetch_kernel(DEFAULT_RELEASE)
     except TestbedError as exc:

@@ -17,9 +17,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .facts import gather_host_state
+from .facts import gather_host_state, gather_info
 from .loader import (DEFAULT_INSTALL_DIR, HostLock, LoaderError, load_module, reference_vermagic,
                      validate_module)
+from .metrics import check_metrics_path, write_metrics
 from .modinfo import ModinfoError, read_modinfo
 from .state import HostState
 
@@ -71,19 +72,36 @@ def boot_load(install_dir: str, timeout: float, cmdline: str) -> List[str]:
     return lines
 
 
+def refresh_metrics(path: str, install_dir: str, changed: bool) -> None:
+    """Rewrite the metrics file; the boot's loading outcome stands even when this fails."""
+    try:
+        write_metrics(path, gather_info(install_dir), changed=changed)
+    except (OSError, ValueError) as exc:
+        sys.stdout.write(f"kpatch: metrics file {path} not written: {exc}\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m kpatch_target.boot", description=__doc__)
     parser.add_argument("--install-dir", default=DEFAULT_INSTALL_DIR)
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for each patch's transition")
+    parser.add_argument("--metrics-file", default=None,
+                        help="node-exporter textfile (*.prom) to rewrite with the state after loading")
     parser.add_argument("--cmdline", default="/proc/cmdline", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.metrics_file:
+        try:
+            check_metrics_path(args.metrics_file)
+        except ValueError as exc:
+            parser.error(str(exc))
     with open(args.cmdline, "r", encoding="utf-8") as handle:
         cmdline = handle.read()
     with HostLock(timeout=args.timeout * 4):
         lines = boot_load(args.install_dir, args.timeout, cmdline)
     for line in lines:
         sys.stdout.write(f"kpatch: {line}\n")
+    if args.metrics_file:
+        refresh_metrics(args.metrics_file, args.install_dir, changed=any(": loaded" in line for line in lines))
     sys.stdout.flush()
     return 1 if any(": FAILED:" in line for line in lines) else 0
 
