@@ -70,7 +70,7 @@ class ActionModule(ActionBase):
         del tmp
         args = dict(self._task.args)
         try:
-            send = None
+            send = local = None
             if args.get("src") and not self._remote_bool(args.get("remote_src")):
                 try:
                     local = self._find_needle("files", args["src"])
@@ -89,6 +89,10 @@ class ActionModule(ActionBase):
                 result.update(staged=staged, transferred=send is not None)
             module_result = self._execute_module(module_name=MODULE, module_args=args,
                                                  task_vars=task_vars)
+            if module_result.get("failed") and send and local:
+                # The module saw the transferred copy; the user knows the file by its own name.
+                module_result["msg"] = to_text(module_result.get("msg", "")).replace(
+                    send, "%s (sent as %s)" % (self._task.args["src"], os.path.basename(send)))
             result.update(module_result)
             if send and not module_result.get("failed") and not self._task.check_mode:
                 self._keep(send, result["staged"], task_vars)

@@ -168,6 +168,15 @@ actions:
   type: list
   elements: str
   sample: ["load livepatch_sample from /var/lib/kpatch/.staging/ab12.ko"]
+undone:
+  description:
+    - Installed paths put back as they were because a later step of the task failed (for
+      O(state=installed), a load that failed or was reversed leaves no new file for the boot
+      service to load, and a file it replaced is restored).
+  returned: when a step after an install failed
+  type: list
+  elements: str
+  sample: ["/var/lib/kpatch/6.1.0-50-cloud-amd64/livepatch_stall.ko"]
 replaced:
   description: Patches an atomic-replace load retired (and whose modules were removed).
   returned: always
@@ -221,7 +230,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.facts import (
     gather_host_state, gather_info, running_release)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
-    HostLock, LoaderError, installed_path, install_file, load_module, reference_vermagic,
+    HostLock, InstallJournal, LoaderError, check_release, installed_path, load_module, reference_vermagic,
     remove_file, rmmod, unload_module, validate_module, wait_for_transition)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.metrics import (
     check_metrics_path, write_metrics)
@@ -288,10 +297,20 @@ def _check_installed_file(host, name, params, release):
 
 
 def _execute(steps, params, outcome):
-    """Run the steps in order, recording what was done in ``outcome``."""
+    """Run the steps in order, recording what was done; installs are undone if a later step fails."""
+    journal = InstallJournal()
+    try:
+        _execute_steps(steps, params, outcome, journal)
+    except LoaderError:
+        outcome["undone"] = journal.rollback()
+        raise
+    journal.commit()
+
+
+def _execute_steps(steps, params, outcome, journal):
     for step in steps:
         if step.action == "install":
-            install_file(step.path, step.dest)
+            journal.install(step.path, step.dest)
         elif step.action == "uninstall":
             remove_file(step.path)
         elif step.action == "rmmod":
@@ -330,6 +349,13 @@ def run(module):
                           "state=installed" % (running, release))
     if not params["src"] and not params["name"]:
         raise TaskFailure("one of name or src is required")
+    # Names become sysfs and file paths: refuse anything else before any path is made.
+    try:
+        if params["name"]:
+            normalize_module_name(params["name"])
+        check_release(release)
+    except (ModinfoError, LoaderError) as exc:
+        raise TaskFailure(str(exc))
     info, source = _source(params, release, running)
     name = info.name if info else normalize_module_name(params["name"])
     outcome = dict(changed=False, name=name, release=release, actions=[], replaced=[],
@@ -357,9 +383,11 @@ def run(module):
                 if wants_loaded:
                     _settle_running_enable(host, name, params, outcome)
             except LoaderError as exc:
-                raise TaskFailure(str(exc), changed=outcome["changed"], actions=outcome["actions"],
+                undone = outcome.get("undone", [])
+                msg = str(exc) + ("; the install was undone (%s)" % ", ".join(undone) if undone else "")
+                raise TaskFailure(msg, changed=outcome["changed"], actions=outcome["actions"],
                                   stalled_tasks=[t.as_dict() for t in exc.stalled],
-                                  reverted=exc.reverted)
+                                  reverted=exc.reverted, undone=undone)
             after = snapshot(gather_host_state(params["install_dir"]))
     outcome.update(loaded=after["loaded"], installed=after["installed"])
     if module._diff:

@@ -207,6 +207,35 @@ def test_tampered_module_is_refused(ansible: Ansible, vm: DebianVM, mods):
     assert host_snapshot(vm) == before
 
 
+def test_names_and_files_at_the_boundary_are_refused(ansible: Ansible, vm: DebianVM, mods, tmp_path):
+    """No sysfs or file path is made from an unchecked name; a file that is no livepatch is refused by name."""
+    _art, built = mods
+    before = host_snapshot(vm)
+    vm.ssh("rm -rf /tmp/kpatch-boundary; mkdir -p /tmp/kpatch-boundary")
+    # Every bad name in every state, as tasks of one play (one Ansible run).
+    cases = [(name, state) for name in ("../x", "a b", "x;touch /tmp/kpatch-boundary/pwned", "x" * 56)
+             for state in ("loaded", "unloaded", "installed", "absent")]
+    tasks = [{"kpatch.livepatch.kpatch": {"name": name, "state": state, "install_dir": "/tmp/kpatch-boundary/lib"},
+              "ignore_errors": True} for name, state in cases]
+    tasks.append({"kpatch.livepatch.kpatch": {"name": "livepatch_sample", "release": "../../etc", "state": "absent",
+                                              "install_dir": "/tmp/kpatch-boundary/lib"}, "ignore_errors": True})
+    results = ansible.play({"tasks": tasks})
+    assert len(results) == len(tasks)
+    for (name, state), res in zip(cases, results):
+        assert res.get("failed") and res["changed"] is False, (name, state, res)
+        assert "is not a kernel module name" in res["msg"], res
+    assert results[-1].get("failed") and "is not a kernel release name" in results[-1]["msg"], results[-1]
+    text = tmp_path / "notes.ko"
+    text.write_text("not a module\n")
+    res = ansible.kpatch(src=text, state="loaded")
+    assert res.get("failed") and "not an ELF file" in res["msg"] and "notes.ko" in res["msg"], res
+    res = ansible.kpatch(src=built.stall_target, state="loaded")
+    assert res.get("failed") and "is not a livepatch module" in res["msg"], res
+    assert "kpatch_stall_target" in res["msg"]
+    assert sh(vm, "find /tmp/kpatch-boundary") == "/tmp/kpatch-boundary"
+    assert host_snapshot(vm) == before
+
+
 def test_atomic_replace_retires_earlier_patches(ansible: Ansible, vm: DebianVM, mods):
     _art, built = mods
     assert ansible.kpatch(src=built.sample, state="loaded")["changed"] is True
@@ -236,6 +265,13 @@ def test_stalled_transition_is_reverted_and_reported(ansible: Ansible, vm: Debia
         after = host_snapshot(vm)
         assert after == before
         assert sh(vm, "cat /proc/kpatch_stall_target") == "original"
+
+        # state=installed whose load stalls and is reversed leaves nothing installed for the boot service.
+        res = ansible.kpatch(src=built.stall_patch, state="installed", timeout=20)
+        assert res.get("failed") and res["reverted"] is True, res
+        assert res["undone"] == [f"/var/lib/kpatch/{_art.release}/livepatch_stall.ko"], res
+        assert "the install was undone" in res["msg"]
+        assert host_snapshot(vm) == before
 
         # Let the thread out of the function: the same patch now goes through.
         sh(vm, "echo 0 > /sys/module/kpatch_stall_target/parameters/hold")

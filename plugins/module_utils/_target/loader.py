@@ -15,13 +15,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from .modinfo import ModInfo, ModinfoError, read_modinfo, sha256_of
+from .modinfo import ModInfo, ModinfoError, is_module_name, read_modinfo, sha256_of
 from .stalled import StalledTask, find_stalled_tasks, nudge_user_tasks
 from .sysfs import (LIVEPATCH_ROOT, SysfsError, disable_patch, force_transition, list_patches,
                     read_module, read_patch, signal_via_sysfs, transition_in_progress)
@@ -320,14 +321,75 @@ def unload_module(name: str, timeout: float, force: bool = False,
 # ---------------------------------------------------------------- installed files
 
 
+# A kernel release as uname -r shows it (the kernel's limit is 64 bytes): a path component never
+# made from anything else.
+_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
+
+
+def check_release(release: str) -> str:
+    """``release`` if it is a kernel release name, else LoaderError naming it."""
+    if not _RELEASE_RE.fullmatch(release or "") or ".." in release:
+        raise LoaderError(f"{release!r} is not a kernel release name (letters, digits and . _ + ~ -, "
+                          "as uname -r prints it)")
+    return release
+
+
 def release_dir(release: str, install_dir: str = DEFAULT_INSTALL_DIR) -> str:
-    if not release or "/" in release or release.startswith("."):
-        raise LoaderError(f"invalid kernel release {release!r}")
-    return os.path.join(install_dir, release)
+    return os.path.join(install_dir, check_release(release))
 
 
 def installed_path(name: str, release: str, install_dir: str = DEFAULT_INSTALL_DIR) -> str:
+    if not is_module_name(name):
+        raise LoaderError(f"{name!r} is not a kernel module name")
     return os.path.join(release_dir(release, install_dir), f"{name}.ko")
+
+
+class InstallJournal:
+    """Installs that are undone when a later step of the same task fails.
+
+    ``state=installed`` installs the file and then loads it; when the load fails, the host must
+    be as it was, or the boot service would load the refused module at the next boot.  A file
+    the install replaced is kept aside (hard link, same directory) until ``commit``.
+    """
+
+    def __init__(self) -> None:
+        self._done: List[tuple] = []
+
+    def install(self, src: str, dest: str) -> None:
+        backup = None
+        if os.path.exists(dest):
+            backup = f"{dest}.prev.{os.getpid()}"
+            try:
+                if os.path.lexists(backup):
+                    os.unlink(backup)
+                os.link(dest, backup)
+            except OSError as exc:
+                raise LoaderError(f"cannot keep {dest} aside before replacing it: {exc.strerror or exc}") from exc
+        try:
+            install_file(src, dest)
+        except BaseException:
+            if backup:
+                os.unlink(backup)
+            raise
+        self._done.append((dest, backup))
+
+    def rollback(self) -> List[str]:
+        """Undo every install, newest first; the paths restored or removed."""
+        undone = []
+        for dest, backup in reversed(self._done):
+            if backup:
+                os.replace(backup, dest)
+            elif os.path.exists(dest):
+                os.unlink(dest)
+            undone.append(dest)
+        self._done = []
+        return undone
+
+    def commit(self) -> None:
+        for _dest, backup in self._done:
+            if backup and os.path.lexists(backup):
+                os.unlink(backup)
+        self._done = []
 
 
 def list_installed(install_dir: str = DEFAULT_INSTALL_DIR) -> dict:
@@ -337,22 +399,30 @@ def list_installed(install_dir: str = DEFAULT_INSTALL_DIR) -> dict:
         return found
     for release in sorted(os.listdir(install_dir)):
         rdir = os.path.join(install_dir, release)
-        if release.startswith(".") or not os.path.isdir(rdir):
+        if not _RELEASE_RE.fullmatch(release) or not os.path.isdir(rdir):
             continue  # .staging and other bookkeeping
         for entry in sorted(os.listdir(rdir)):
-            if entry.endswith(".ko") and not entry.startswith("."):
+            # Only files this tool could have installed: a stray "a b.ko" is no module of ours.
+            if entry.endswith(".ko") and is_module_name(entry[:-3]):
                 found.setdefault(release, {})[entry[:-3]] = os.path.join(rdir, entry)
     return found
 
 
 def install_file(src: str, dest: str) -> None:
-    """Copy ``src`` to ``dest`` atomically (temp file in the same directory, then rename)."""
-    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    """Copy ``src`` to ``dest`` atomically (temp file in the same directory, then rename).
+
+    A failure (no space, read-only file system) leaves ``dest`` as it was and raises LoaderError
+    naming the directory and the reason.
+    """
     tmp = f"{dest}.tmp.{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
+    except OSError as exc:
+        reason = "no space left" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise LoaderError(f"cannot install {dest}: {reason} in {os.path.dirname(dest)}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -66,8 +67,25 @@ def module_name_from_filename(path: str) -> str:
     return normalize_module_name(base)
 
 
+# What the kernel accepts as a module name: MODULE_NAME_LEN is 64 - sizeof(unsigned long), one
+# byte of it the terminating NUL; kbuild makes names of letters, digits, '_' (and '-' in files).
+MODULE_NAME_MAX = 55
+_MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,%d}$" % MODULE_NAME_MAX)
+
+
+def is_module_name(name: str) -> bool:
+    return bool(_MODULE_NAME_RE.fullmatch(name or ""))
+
+
 def normalize_module_name(name: str) -> str:
-    """The kernel treats ``-`` and ``_`` alike in module names and shows ``_`` in sysfs."""
+    """The kernel's name for ``name`` (``-`` and ``_`` are alike; sysfs shows ``_``).
+
+    Anything that is not a kernel module name is refused here, before a sysfs or file path can be
+    made from it (``../x``, spaces, ``;``, an empty or over-long name).
+    """
+    if not is_module_name(name):
+        raise ModinfoError(f"{name!r} is not a kernel module name: letters, digits, '_' and '-' only, "
+                           f"1 to {MODULE_NAME_MAX} characters")
     return name.replace("-", "_")
 
 
