@@ -283,6 +283,34 @@ def test_stalled_transition_is_reverted_and_reported(ansible: Ansible, vm: Debia
         clean_vm(vm)
 
 
+def test_force_completes_a_stalled_transition_and_the_module_stays(ansible: Ansible, vm: DebianVM, mods):
+    """force=true: the stalled transition completes, a warning says the module can no longer be
+    removed, kpatch_info reports it not removable, and unloading disables it without an rmmod."""
+    _art, built = mods
+    vm.scp_to(built.stall_target, "/root/kpatch_stall_target.ko")
+    sh(vm, "insmod /root/kpatch_stall_target.ko")
+    try:
+        res = ansible.kpatch(src=built.stall_patch, state="loaded", timeout=10, force=True)
+        assert not res.get("failed") and res["changed"] is True and res["forced"] is True, res
+        assert any("can no longer be removed" in w for w in res.get("warnings", [])), res
+        # Forced: the stalled kernel thread still runs the old code, new calls get the patch.
+        assert sh(vm, "cat /proc/kpatch_stall_target") == "patched"
+        row = jmespath.search("patches[?name=='livepatch_stall'] | [0]", ansible.info())
+        assert row["enabled"] is True and row["forced"] is True and row["removable"] is False, row
+        sh(vm, "echo 0 > /sys/module/kpatch_stall_target/parameters/hold")
+        res = ansible.kpatch(name="livepatch_stall", state="unloaded", timeout=20)
+        assert not res.get("failed") and res["changed"] is True, res
+        assert "livepatch_stall" not in livepatches(vm)
+        assert "livepatch_stall" in sh(vm, "cut -d' ' -f1 /proc/modules").split()
+        assert ansible.kpatch(name="livepatch_stall", state="unloaded")["changed"] is False
+        again = ansible.kpatch(src=built.stall_patch, state="loaded")
+        assert again.get("failed") and "stays loaded until reboot" in again["msg"], again
+    finally:
+        # Only a reboot frees a forced patch's module.
+        vm.reboot()
+        clean_vm(vm)
+
+
 def test_install_then_reboot_loads_at_boot(ansible: Ansible, vm: DebianVM, mods):
     art, built = mods
     res = ansible.kpatch(src=built.sample, state="installed", diff=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state import (
@@ -145,3 +147,20 @@ def test_predict_matches_the_steps():
 def test_unknown_state_is_refused():
     with pytest.raises(PlanError, match="unknown state"):
         plan(host(), Desired("enabled", "lp", REL, SRC), DEST)
+
+
+def forced_host(enabled: bool) -> HostState:
+    h = host(patches=[("lp", True, False)] if enabled else [], stale=[] if enabled else ["lp"])
+    return dataclasses.replace(h, forced=["lp"])
+
+
+def test_forced_patch_is_disabled_but_its_module_never_rmmodded():
+    assert actions(plan(forced_host(True), Desired("unloaded", "lp", REL), DEST)) == [("unload", "lp")]
+    # Disabled already: nothing more can be done until reboot, and nothing is attempted.
+    assert plan(forced_host(False), Desired("unloaded", "lp", REL), DEST) == []
+    assert plan(forced_host(False), Desired("absent", "lp", REL), DEST) == []
+
+
+def test_forced_leftover_cannot_be_loaded_again():
+    with pytest.raises(PlanError, match="stays loaded until reboot"):
+        plan(forced_host(False), Desired("loaded", "lp", REL, SRC), DEST)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from .loader import DEFAULT_INSTALL_DIR, list_installed, loaded_records
+from .loader import DEFAULT_INSTALL_DIR, FORCED_DIR, list_installed, loaded_records
 from .modinfo import ModinfoError, read_modinfo, sha256_of
 from .stalled import find_stalled_tasks
 from .state import HostState
@@ -26,14 +26,16 @@ def gather_host_state(install_dir: str = DEFAULT_INSTALL_DIR,
     installed = list_installed(install_dir)
     hashes = {path: sha256_of(path) for mods in installed.values() for path in mods.values()}
     patches = {p.name: p for p in list_patches(root)}
+    modules = {m.name: m for m in loaded_livepatch_modules(MODULE_ROOT)}
     return HostState(
         release=running_release(),
         livepatch_supported=livepatch_supported(root),
         patches=patches,
-        modules={m.name: m for m in loaded_livepatch_modules(MODULE_ROOT)},
+        modules=modules,
         installed=installed,
         installed_sha256=hashes,
         loaded_sha256={n: h for n, h in loaded_records().items() if n in patches},
+        forced=sorted(n for n in loaded_records(FORCED_DIR) if n in modules),
     )
 
 
@@ -66,7 +68,8 @@ def _patch_facts(host: HostState, installed: List[Dict[str, object]]) -> List[Di
                    srcversion=module.srcversion if module else None,
                    module_taint=module.taint if module else None,
                    loaded_sha256=host.loaded_sha256.get(name),
-                   installed_path=paths.get(name))
+                   installed_path=paths.get(name),
+                   forced=name in host.forced, removable=name not in host.forced)
         rows.append(row)
     # Modules whose patch was disabled or replaced but which were never removed.
     for name, module in sorted(host.modules.items()):
@@ -74,7 +77,8 @@ def _patch_facts(host: HostState, installed: List[Dict[str, object]]) -> List[Di
             rows.append({"name": name, "enabled": False, "transition": False, "replace": None,
                          "objects": [], "module_loaded": True, "srcversion": module.srcversion,
                          "module_taint": module.taint, "loaded_sha256": None,
-                         "installed_path": paths.get(name)})
+                         "installed_path": paths.get(name),
+                         "forced": name in host.forced, "removable": name not in host.forced})
     return rows
 
 

@@ -32,6 +32,9 @@ DEFAULT_INSTALL_DIR = "/var/lib/kpatch"
 # The kernel keeps no hash of a module, and sample-style modules have no srcversion, so this
 # is how a different build under the same name is recognised.
 RECORD_DIR = "/run/kpatch-livepatch/loaded"
+# Patches whose transition was forced this boot: the kernel never drops a forced patch's module
+# reference (klp_free_patch_finish skips module_put), so their modules stay until reboot.
+FORCED_DIR = "/run/kpatch-livepatch/forced"
 LOCK_PATHS = ("/run/lock/kpatch-livepatch.lock", "/run/kpatch-livepatch.lock")
 POLL_SECONDS = 0.2
 
@@ -240,7 +243,11 @@ def _handle_stall(name: str, outcome: TransitionOutcome, force: bool, timeout: f
                   root: str, verb: str) -> bool:
     """A stalled transition: force it (returns True) or reverse it and raise."""
     if force:
+        # The kernel marks every patch present, not only this one, as forced.
+        forced = [p.name for p in list_patches(root)]
         force_transition(name, root)
+        for patch_name in forced:
+            record_loaded(patch_name, "forced", FORCED_DIR)
         if wait_for_transition(name, timeout, signal_after=timeout, root=root).complete:
             return True
         raise LoaderError(f"{verb} of {name}: forced transition did not complete",
@@ -313,6 +320,10 @@ def unload_module(name: str, timeout: float, force: bool = False,
         if not outcome.complete:
             _handle_stall(name, outcome, force, timeout, root, "unload")
     if read_module(name) is not None:
+        if name in loaded_records(FORCED_DIR):
+            # Disabled, and as unloaded as the kernel allows: the module stays until reboot.
+            forget_loaded(name)
+            return outcome
         rmmod(name)
     forget_loaded(name)
     return outcome

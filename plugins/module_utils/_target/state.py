@@ -35,6 +35,7 @@ class HostState:
     installed: Dict[str, Dict[str, str]] = field(default_factory=dict)  # release→name→path
     installed_sha256: Dict[str, str] = field(default_factory=dict)  # path → sha256
     loaded_sha256: Dict[str, str] = field(default_factory=dict)  # name → sha256 it was loaded from
+    forced: List[str] = field(default_factory=list)  # loaded modules of forced patches: not removable
 
     def loaded_names(self) -> List[str]:
         return sorted(n for n, p in self.patches.items() if p.enabled)
@@ -87,8 +88,9 @@ class Step:
 def _steps_to_unload(host: HostState, name: str) -> List[Step]:
     if name in host.patches:
         return [Step("unload", name)]
-    if name in host.modules:
+    if name in host.modules and name not in host.forced:
         return [Step("rmmod", name)]
+    # Not loaded, or a forced patch's module: disabled, and the kernel keeps it until reboot.
     return []
 
 
@@ -110,6 +112,10 @@ def _steps_to_load(host: HostState, name: str, path: Optional[str],
                 f"file has {source.srcversion}); unload it first, or ship the new build under a "
                 "new name as an atomic-replace patch")
         return []  # loaded; a running enable transition is awaited by the executor
+    if name in host.forced:
+        raise PlanError(f"{name} is disabled, but its module stays loaded until reboot: a forced "
+                        "transition keeps a patch's module in the kernel; reboot to load it again, or "
+                        "ship the fix under another name")
     if path is None:
         raise PlanError(f"{name} is not loaded, and no src was given and it is not installed "
                         f"for the running kernel {host.release}")
