@@ -18,7 +18,7 @@ SUMMARY = re.compile(r"(Passed|Failed): (\d+) failure\(s\), (\d+) warning\(s\)")
 
 def lint(target_dir: Path, home: Path, *args: str):
     """ansible-lint in ``target_dir``, machine-readable (one violation per line), never fixing."""
-    return run_tool(["ansible-lint", "--nocolor", "-f", "pep8", *args], cwd=target_dir, env=tool_env(home),
+    return run_tool(["ansible-lint", "--nocolor", "--offline", "-f", "pep8", *args], cwd=target_dir, env=tool_env(home),
                     timeout=600)
 
 

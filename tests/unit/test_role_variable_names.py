@@ -40,7 +40,7 @@ def role_of_call(task: dict) -> str:
     """The short role name a task includes or imports, else ''."""
     for key in ROLE_CALLS:
         if isinstance(task.get(key), dict):
-            return str(task[key].get("name", "")).split(".")[-1]
+            return str(task[key].get("name", "")).rsplit(".", maxsplit=1)[-1]
     return ""
 
 
@@ -112,5 +112,4 @@ def test_check_flags_a_bare_role_prefix(tmp_path: Path) -> None:
         "- name: A block\n  block:\n    - name: Probe\n      ansible.builtin.command: 'true'\n"
         "      register: probe_result\n      changed_when: false\n", encoding="utf-8")
     found = misnamed(tmp_path / "roles")
-    assert [line.split(": ", 1)[1] for line in found] == ["target_port (role target)",
-                                                         "probe_result (role target)"]
+    assert [line.split(": ", 1)[1] for line in found] == ["target_port (role target)", "probe_result (role target)"]
