@@ -7,7 +7,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-full test-quick corpus deps venv unit sanity integration bench clean
+.PHONY: demo test test-full test-quick corpus deps venv unit sanity integration bench changelog clean
 
 deps:
 	@scripts/check-env
@@ -58,6 +58,11 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) -m bench
+
+# Fold changelogs/fragments into changelogs/changelog.yaml under galaxy.yml's version and
+# regenerate CHANGELOG.rst; fragments stay (keep_fragments), edited ones are re-read.
+changelog: venv
+	PATH=$(VENV)/bin:$$PATH antsibull-changelog release --update-existing --refresh-fragments
 
 clean:
 	rm -rf .collection .pytest_cache tests/output

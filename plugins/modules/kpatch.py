@@ -95,11 +95,6 @@ options:
         it is safe; the module can then never be removed, and the kernel is tainted.
     type: bool
     default: false
-  install_dir:
-    description:
-      - Directory holding installed modules, one subdirectory per kernel release.
-    type: path
-    default: /var/lib/kpatch
   metrics_file:
     description:
       - Prometheus node-exporter textfile (C(*.prom), absolute path) to rewrite after the task,
@@ -110,9 +105,28 @@ options:
       - The boot service of the P(kpatch.livepatch.target#role) role refreshes the same file at boot.
     type: path
     version_added: 0.2.0
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
+  - kpatch.livepatch.install_dir
+attributes:
+  check_mode:
+    support: full
+    details: Reports the steps it would take (RV(actions)) and changes nothing.
+  diff_mode:
+    support: full
+    details: Shows the sets of loaded patches and installed modules before and after.
+  platform:
+    support: full
+    platforms: linux
+  action:
+    support: full
+    details: The action plugin sends a controller-side O(src) to the host, skipping it when the host already has it.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
 notes:
-  - Check mode reports the steps it would take (RV(actions)) and changes nothing.
-  - Diff mode shows the sets of loaded patches and installed modules before and after.
   - Requires root on the host.
 seealso:
   - module: kpatch.livepatch.kpatch_info
@@ -194,12 +208,30 @@ installed:
   type: dict
   sample: {"6.1.0-50-cloud-amd64": ["livepatch_sample"]}
 stalled_tasks:
-  description:
-    - Tasks that held up a transition that timed out, with pid, tid, comm, patch_state,
-      kthread and kernel stack.
+  description: Tasks that held up a transition that timed out.
   returned: on a stalled transition
   type: list
   elements: dict
+  contains:
+    pid:
+      description: Thread-group id (the process).
+      type: int
+    tid:
+      description: Thread id.
+      type: int
+    comm:
+      description: The task's command name.
+      type: str
+    patch_state:
+      description: The task's C(patch_state) (C(-1) undefined, C(0) unpatched, C(1) patched).
+      type: int
+    kthread:
+      description: The task is a kernel thread (these cannot be signalled).
+      type: bool
+    stack:
+      description: Kernel stack lines from C(/proc/<pid>/task/<tid>/stack); empty when unreadable.
+      type: list
+      elements: str
 reverted:
   description: A stalled transition was reversed, leaving the kernel as it was.
   returned: always

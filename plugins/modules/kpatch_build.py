@@ -128,7 +128,13 @@ options:
         objects, and nothing is built. A partial list of objects is never used.
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    support: full
+    platforms: linux
+    details: The diff engine handles x86_64 kernels.
   check_mode:
     support: full
     description: Reports whether a build would happen (cache miss) and what it would produce; builds nothing.
@@ -202,6 +208,27 @@ objects:
   returned: success
   type: list
   elements: dict
+  contains:
+    object:
+      description: The changed object file, relative to the source tree.
+      type: str
+    parent:
+      description: What the object links into, C(vmlinux) or a module name.
+      type: str
+    changed_functions:
+      description: Functions whose code the patches change.
+      type: list
+      elements: str
+    new_functions:
+      description: Functions the patches add.
+      type: list
+      elements: str
+    klp_relocations:
+      description: Livepatch relocations the engine wrote for references to unexported symbols.
+      type: int
+    timings:
+      description: Wall time of each engine step for this object, in seconds.
+      type: dict
   sample: [{"object": "fs/proc/meminfo.o", "parent": "vmlinux", "changed_functions": ["meminfo_proc_show"],
             "new_functions": [], "klp_relocations": 46}]
 timings:

@@ -22,12 +22,19 @@ description:
 version_added: 0.1.0
 author:
   - kpatch.livepatch contributors (@kpatch-livepatch)
-options:
-  install_dir:
-    description:
-      - Directory holding installed modules, one subdirectory per kernel release.
-    type: path
-    default: /var/lib/kpatch
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - kpatch.livepatch.install_dir
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads; check mode runs it unchanged.
+  diff_mode:
+    support: N/A
+    details: The module changes nothing.
+  platform:
+    support: full
+    platforms: linux
 notes:
   - Kernel stacks of stalled tasks (C(/proc/<pid>/stack)) are only readable as root.
 seealso:
@@ -79,10 +86,27 @@ patches:
       description: Atomic-replace patch; null where the kernel does not expose it (before 6.14).
       type: bool
     objects:
-      description: Patched objects (C(vmlinux) or module names) with C(patched) and C(functions)
-        (C(name), C(sympos)).
+      description: Objects the patch changes.
       type: list
       elements: dict
+      contains:
+        name:
+          description: C(vmlinux) or the name of a module.
+          type: str
+        patched:
+          description: The object is loaded and its functions are patched.
+          type: bool
+        functions:
+          description: The patched functions of the object.
+          type: list
+          elements: dict
+          contains:
+            name:
+              description: Function name.
+              type: str
+            sympos:
+              description: Position of the symbol among same-named local symbols (C(0) when unique).
+              type: int
     module_loaded:
       description: The module is loaded.
       type: bool
@@ -139,11 +163,33 @@ taint:
   sample: {"mask": 45056, "letters": "OEK", "names": ["oot_module", "unsigned_module", "livepatch"],
            "flags": [{"bit": 12, "letter": "O", "name": "oot_module"}]}
 stalled_tasks:
-  description: Tasks holding up a running transition (pid, tid, comm, patch_state, kthread,
-    stack, patch).
+  description: Tasks holding up a running transition.
   returned: always
   type: list
   elements: dict
+  contains:
+    pid:
+      description: Thread-group id (the process).
+      type: int
+    tid:
+      description: Thread id.
+      type: int
+    comm:
+      description: The task's command name.
+      type: str
+    patch_state:
+      description: The task's C(patch_state) (C(-1) undefined, C(0) unpatched, C(1) patched).
+      type: int
+    kthread:
+      description: The task is a kernel thread (these cannot be signalled).
+      type: bool
+    stack:
+      description: Kernel stack lines from C(/proc/<pid>/task/<tid>/stack); empty when unreadable (not root).
+      type: list
+      elements: str
+    patch:
+      description: The patch whose transition the task holds up.
+      type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
