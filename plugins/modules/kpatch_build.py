@@ -68,14 +68,37 @@ options:
         C(.config) of O(headers).
     type: path
   vmlinux:
-    description: vmlinux with debug symbols. Defaults to C(/usr/lib/debug/boot/vmlinux-<release>) (Debian C(-dbg)).
+    description:
+      - vmlinux with debug symbols; its compile units say which objects link into the kernel image.
+      - Defaults to the build host's distribution's debuginfo path (Debian and Ubuntu
+        C(/usr/lib/debug/boot/vmlinux-<release>), RPM distributions C(/usr/lib/debug/lib/modules/<release>/vmlinux)).
     type: path
   headers:
-    description: The release's kbuild headers directory. Defaults to C(/usr/src/linux-headers-<release>).
+    description:
+      - The release's kbuild headers directory. Defaults to the distribution's (Debian and Ubuntu
+        C(/usr/src/linux-headers-<release>), RPM distributions C(/usr/src/kernels/<release>)).
     type: path
   modules_dir:
-    description: The release's module directory, for patches to loadable modules. Defaults to C(/lib/modules/<release>).
+    description:
+      - The release's module directory, for patches to loadable modules (their C(.ko) gives the symbols) and for
+        C(modules.order) and C(modules.builtin). Defaults to C(/lib/modules/<release>).
     type: path
+  debug_modules_dir:
+    description:
+      - The release's modules with debug information, from the distribution's debuginfo package; the compile
+        units of a C(.ko) name the objects linked into that module.
+      - Defaults to C(/usr/lib/debug/lib/modules/<release>) (Debian C(-dbg), Ubuntu C(-dbgsym), RPM
+        C(kernel-debuginfo)). When absent, C(modules.order) and the kbuild Makefiles decide.
+    type: path
+  fuzz:
+    description:
+      - Context lines a hunk may ignore when a patch is applied (GNU C(patch --fuzz)).
+      - The default C(0) applies patches exactly. kpatch-build applies patches with GNU patch's default fuzz
+        (C(2)); set C(1) or C(2) for patches written for it, and check the hunks reported in RV(hunk_adjustments).
+      - The source tree is restored to its pristine state after the build either way.
+    type: int
+    choices: [0, 1, 2]
+    default: 0
   name:
     description:
       - Name of the patch module. Defaults to C(livepatch-<first patch file name without .patch>).
@@ -221,6 +244,15 @@ source_dir:
   returned: always
   type: str
   sample: /var/cache/kpatch-build/sources/6.1.0-50-cloud-amd64-6.1.176-1
+hunk_adjustments:
+  description:
+    - Each hunk that did not apply at its own line with all its context, at an offset or with fuzz (see
+      O(fuzz)). Empty when every hunk applied exactly.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"patch": "/srv/patches/cve-1.patch", "file": "kernel/sys.c", "hunk": 2, "line": 1290, "offset": 12,
+            "fuzz": 1}]
 source_acquisition:
   description: In check mode without O(source_dir), what a build would fetch (nothing is downloaded).
   returned: check mode, when O(source_dir) is omitted
@@ -240,11 +272,8 @@ try:
         HAS_PYELFTOOLS,
         PYELFTOOLS_IMPORT_ERROR,
     )
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import (
-        build_livepatch,
-        plan,
-        request_from_params,
-    )
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import build_livepatch, plan
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import request_from_params
     from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
     IMPORT_ERROR = None
@@ -262,6 +291,8 @@ ARGUMENT_SPEC = dict(
     vmlinux=dict(type="path"),
     headers=dict(type="path"),
     modules_dir=dict(type="path"),
+    debug_modules_dir=dict(type="path"),
+    fuzz=dict(type="int", default=0, choices=[0, 1, 2]),
     name=dict(type="str"),
     replace=dict(type="bool", default=True),
     jobs=dict(type="int", default=2),

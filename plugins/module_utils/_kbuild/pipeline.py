@@ -21,27 +21,26 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import (
-    SourceAcquisition,
-    acquire_source,
-    source_request,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
     check_compiler,
     host_compiler,
     kernel_compiler,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
-    build_patch_module,
-    kmod_sources,
-    module_name,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
     objtool_runs_on_linked_module,
     strip_objtool_output,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
+    BuildRequest,
+    check_inputs,
+    is_pkcs11,
+    sign_file_path,
+    signature_hash,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
     KbuildError,
@@ -74,42 +73,6 @@ class NoChangesError(KbuildError):
 
 
 @dataclass
-class BuildRequest:
-    """Everything one build needs; paths are on the build host."""
-
-    patches: List[Path]
-    release: str
-    source_dir: Path
-    config: Path
-    vmlinux: Path
-    headers: Path
-    cache_dir: Path
-    output_dir: Path
-    name: Optional[str] = None
-    replace: bool = True
-    modules_dir: Optional[Path] = None
-    jobs: int = 2
-    skip_compiler_check: bool = False
-    signing_key: Optional[Path] = None
-    signing_cert: Optional[Path] = None
-    # A patched header included by too many objects to compile them one by one needs one full
-    # build of the cached tree (about 10 minutes for vmlinux on 2 cores, then cached); False
-    # refuses such a patch instead.
-    full_build_fallback: bool = True
-    # Set when no source_dir was given: source_dir is then where acquire_source puts the tree.
-    acquire: Optional[SourceAcquisition] = None
-
-    @property
-    def module_name(self) -> str:
-        if self.name:
-            return module_name(self.name)
-        stem = Path(self.patches[0]).name
-        for suffix in (".patch", ".diff"):
-            stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-        return module_name(f"livepatch-{stem}")
-
-
-@dataclass
 class ObjectDiff:
     """What the engine found in one changed object."""
 
@@ -137,68 +100,14 @@ class BuildResult:
     log: str = ""
     cache_key: str = ""
     source_dir: str = ""
+    # Hunks applied at an offset or with fuzz (patch, file, hunk, line, offset, fuzz).
+    hunk_adjustments: List[Dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
 
 
 # --------------------------------------------------------------------------- inputs and cache
-
-
-def check_inputs(req: BuildRequest) -> None:
-    """Every named input exists and the kernel can take live patches — before any work."""
-    if not req.patches:
-        raise KbuildError("no patch given")
-    for patch in req.patches:
-        if not Path(patch).is_file():
-            raise KbuildError(f"patch {patch} does not exist")
-    # patch(1) runs inside the tree: relative names must not depend on the caller's directory.
-    req.patches = [Path(p).resolve() for p in req.patches]
-    # An acquired source is fetched after these checks (and only when the module is not cached).
-    source_check = (req.source_dir / "Makefile", f"kernel source tree {req.source_dir} (no Makefile there)")
-    checks = [] if req.acquire else [source_check]
-    checks += [(req.config, f"kernel config {req.config}"),
-               (req.vmlinux, f"vmlinux with debug symbols {req.vmlinux} (install the kernel's debuginfo/-dbg package)"),
-               (req.headers / "Makefile", f"kernel headers {req.headers} (no Makefile there)")]
-    for path, what in checks:
-        if not Path(path).exists():
-            raise KbuildError(f"missing {what}")
-    config = Path(req.config).read_text(errors="replace")
-    if "CONFIG_LIVEPATCH=y" not in config:
-        raise KbuildError(f"kernel {req.release} has no CONFIG_LIVEPATCH=y in {req.config}: it cannot load livepatch modules")
-    if bool(req.signing_key) != bool(req.signing_cert):
-        raise KbuildError("signing needs both signing_key and signing_cert")
-    if req.signing_key:
-        check_signing_inputs(req)
-
-
-def _is_pkcs11(key: object) -> bool:
-    return str(key).startswith("pkcs11:")
-
-
-def sign_file_path(req: BuildRequest) -> Path:
-    return Path(req.headers) / "scripts" / "sign-file"
-
-
-def signature_hash(req: BuildRequest) -> str:
-    """The kernel's module signature digest (``CONFIG_MODULE_SIG_HASH``), sha256 when not set."""
-    for line in Path(req.config).read_text(errors="replace").splitlines():
-        if line.startswith("CONFIG_MODULE_SIG_HASH="):
-            return line.split("=", 1)[1].strip().strip('"') or "sha256"
-    return "sha256"
-
-
-def check_signing_inputs(req: BuildRequest) -> None:
-    """The signing key, its certificate and the release's ``sign-file`` exist (no compile before this)."""
-    sign_file = sign_file_path(req)
-    if not sign_file.is_file():
-        raise KbuildError(f"cannot sign: {sign_file} not found in the kernel headers {req.headers} "
-                          "(Debian ships it in linux-kbuild-X.Y)")
-    if not _is_pkcs11(req.signing_key) and not Path(str(req.signing_key)).is_file():
-        raise KbuildError(f"signing_key {req.signing_key} does not exist (a PEM private key file or a pkcs11: URI)")
-    if not Path(str(req.signing_cert)).is_file():
-        raise KbuildError(f"signing_cert {req.signing_cert} does not exist (the X.509 certificate of signing_key, "
-                          "PEM or DER)")
 
 
 def _code_identity() -> str:
@@ -225,6 +134,7 @@ def cache_key(req: BuildRequest) -> str:
         "vmlinux": [vm.st_size, int(vm.st_mtime)],
         "name": req.module_name,
         "replace": req.replace,
+        "fuzz": req.fuzz,
         "signed": _signing_identity(req),
         "compiler": build_compiler(req),
         "code": _code_identity(),
@@ -237,7 +147,7 @@ def _signing_identity(req: BuildRequest) -> Optional[List[str]]:
     """Certificate and key of a signed build: a module signed with one key is never returned for another."""
     if not req.signing_key or not req.signing_cert:
         return None
-    key = str(req.signing_key) if _is_pkcs11(req.signing_key) else sha256_file(Path(str(req.signing_key)))
+    key = str(req.signing_key) if is_pkcs11(req.signing_key) else sha256_file(Path(str(req.signing_key)))
     return [sha256_file(Path(str(req.signing_cert))), key, signature_hash(req)]
 
 
@@ -492,8 +402,11 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     orig_dir, patched_dir, out_dir = work / "orig", work / "patched", work / "output"
     out_dir.mkdir(parents=True)
     build_objects(tree, sorted(pairs), cflags, orig_dir, jobs=req.jobs)
-    with patched_tree(tree, [Path(p) for p in req.patches]):
+    with patched_tree(tree, [Path(p) for p in req.patches], fuzz=req.fuzz) as applied:
         build_objects(tree, sorted(pairs), cflags, patched_dir, jobs=req.jobs)
+    adjustments = [a for patch in applied for a in patch.adjustments]
+    for adjusted in adjustments:
+        log.note("hunk-adjusted", adjusted.describe())
     _timed(timings, "compile", t)
     t = time.monotonic()
     diffs = run_engine(req, pairs, orig_dir, patched_dir, out_dir, sizes, log)
@@ -527,50 +440,4 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                           "the headers do not belong to this release")
     return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=sha256_file(ko), vermagic=info.vermagic,
                        release=req.release, replace=req.replace, cached=False, objects=diffs, log=str(log.path),
-                       cache_key=key)
-
-
-def debian_defaults(release: str, root: Path = Path("/")) -> Dict[str, Path]:
-    """Where a Debian build host keeps a release's config, vmlinux, headers and modules."""
-    return {
-        "config": root / "boot" / f"config-{release}",
-        "vmlinux": root / "usr" / "lib" / "debug" / "boot" / f"vmlinux-{release}",
-        "headers": root / "usr" / "src" / f"linux-headers-{release}",
-        "modules_dir": root / "lib" / "modules" / release,
-    }
-
-
-def default_config(boot_config: Path, headers: Path) -> Path:
-    """``/boot/config-<release>``, else the headers' ``.config`` (the config the kernel was built with:
-    Debian's adds only CONFIG_BUILD_SALT and the module-signing settings of its build)."""
-    headers_config = Path(headers) / ".config"
-    return headers_config if not Path(boot_config).is_file() and headers_config.is_file() else Path(boot_config)
-
-
-def request_from_params(params: Dict[str, object], running_release: str) -> BuildRequest:
-    """BuildRequest from the kpatch_build module's parameters, with Debian-style defaults."""
-    release = str(params.get("release") or running_release)
-    defaults = debian_defaults(release)
-
-    def path_or(key: str, default: Optional[Path]) -> Optional[Path]:
-        value = params.get(key)
-        return Path(str(value)) if value else default
-
-    headers = path_or("headers", defaults["headers"])
-    cache_dir = path_or("cache_dir", Path("/var/cache/kpatch-build"))
-    source = path_or("source_dir", None)
-    acquire = None
-    if source is None:  # the distro's own source of the exact package version, fetched into the cache
-        acquire = source_request(release, cache_dir, str(params.get("package_version") or "") or None)  # type: ignore[arg-type]
-        source = acquire.final_dir
-    patches: Sequence[object] = params.get("patches") or []  # type: ignore[assignment]
-    return BuildRequest(
-        patches=[Path(str(p)) for p in patches], release=release, source_dir=source, acquire=acquire,
-        config=path_or("config", default_config(defaults["config"], headers)),  # type: ignore[arg-type]
-        vmlinux=path_or("vmlinux", defaults["vmlinux"]), headers=headers, cache_dir=cache_dir,  # type: ignore[arg-type]
-        output_dir=path_or("output_dir", Path("/var/lib/kpatch-build/modules")), name=params.get("name") or None,  # type: ignore[arg-type]
-        replace=bool(params.get("replace", True)), modules_dir=path_or("modules_dir", defaults["modules_dir"]),
-        jobs=int(params.get("jobs") or 2), skip_compiler_check=bool(params.get("skip_compiler_check")),
-        signing_key=path_or("signing_key", None), signing_cert=path_or("signing_cert", None),
-        full_build_fallback=bool(params.get("full_build_fallback", True)),
-    )
+                       cache_key=key, hunk_adjustments=[asdict(a) for a in adjustments])
