@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -29,6 +30,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler 
     host_compiler,
     kernel_compiler,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.debuginfo import decide_goal, release_debuginfo
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
@@ -102,6 +104,8 @@ class BuildResult:
     source_dir: str = ""
     # Hunks applied at an offset or with fuzz (patch, file, hunk, line, offset, fuzz).
     hunk_adjustments: List[Dict[str, object]] = field(default_factory=list)
+    # Changed files from which this kernel builds no object (file, reason): not patched, not refused.
+    skipped_files: List[Dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -386,10 +390,16 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     # The same flags for the header mapping's compiles as for the build below: kbuild then finds
     # the objects it compiled up to date instead of compiling them again.
     cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
+    info = release_debuginfo(Path(req.vmlinux), req.release, req.modules_dir, req.debug_modules_dir,
+                             Path(req.cache_dir) / "debuginfo", log)
     objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,
-                                 full_build_fallback=req.full_build_fallback)
+                                 full_build_fallback=req.full_build_fallback, decide=partial(decide_goal, info))
     if objmap.undecided:
         raise KbuildError("cannot live patch: " + "; ".join(f"{f}: {why}" for f, why in sorted(objmap.undecided.items())))
+    for obj, goal in sorted(objmap.goals.items()):
+        log.note("object-goal", f"{obj}: {goal.module or goal.kind} (decided by {goal.decided_by})")
+    for skipped, why in sorted(objmap.skipped.items()):
+        log.note("skip-file", f"{skipped}: {why}")
     unmapped = [f for f in files if f.endswith(".h") and f not in objmap.header_basis]
     if unmapped:
         # Never build from a partial list: a header without a complete answer stops the build.
@@ -398,7 +408,9 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         log.note("header-objects", f"{header}: {' '.join(objmap.objects[header]) or '-'} ({basis})")
     pairs = {obj: parent_of(objmap.goals[obj].kind, objmap.goals[obj].module, obj) for obj in objmap.all_objects}
     if not pairs:
-        raise NoChangesError(f"the patches touch no kernel object: {', '.join(files)}")
+        skipped = "; ".join(f"{f}: {why}" for f, why in sorted(objmap.skipped.items()))
+        raise NoChangesError(f"nothing to live patch: this kernel builds no object from the files the patches "
+                             f"change ({skipped or ', '.join(files)})")
     orig_dir, patched_dir, out_dir = work / "orig", work / "patched", work / "output"
     out_dir.mkdir(parents=True)
     build_objects(tree, sorted(pairs), cflags, orig_dir, jobs=req.jobs)
@@ -440,4 +452,5 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                           "the headers do not belong to this release")
     return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=sha256_file(ko), vermagic=info.vermagic,
                        release=req.release, replace=req.replace, cached=False, objects=diffs, log=str(log.path),
-                       cache_key=key, hunk_adjustments=[asdict(a) for a in adjustments])
+                       cache_key=key, hunk_adjustments=[asdict(a) for a in adjustments],
+                       skipped_files=[{"file": f, "reason": why} for f, why in sorted(objmap.skipped.items())])
