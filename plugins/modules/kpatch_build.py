@@ -24,8 +24,15 @@ description:
     release for a patched header that too many objects include (see O(full_build_fallback)).
   - The kernel source tree is left pristine on every exit path, and a failed build leaves no module behind.
   - The same inputs again return the cached module with C(changed=false).
-  - Patches to loadable modules are supported; the object a changed file links into is read from the
-    tree's kbuild Makefiles, and the module's own C(.ko) under O(modules_dir) gives its symbols.
+  - Patches to loadable modules are supported; the module's own C(.ko) under O(modules_dir) gives its symbols.
+  - Which object a changed file builds, and whether it links into vmlinux or which module, is read from the
+    distribution's debuginfo first - the compile units of O(vmlinux) (scanned once per release, about 20 seconds
+    for Debian's 6.1 kernel, then cached under O(cache_dir)), those of the debug modules under
+    O(debug_modules_dir), C(modules.order) and C(modules.builtin) - and from the tree's kbuild Makefiles only
+    where those give no answer. The build log says which decided.
+  - Files of a patch from which this kernel builds no object (a driver its config leaves out, documentation,
+    C(tools/)) are skipped and returned in RV(skipped_files); the rest of the patch is built. One fix can then
+    serve every kernel flavour of a fleet. A patch is refused when nothing is left to patch.
 author:
   - kpatch.livepatch contributors (@kpatch-livepatch)
 requirements:
@@ -244,6 +251,15 @@ source_dir:
   returned: always
   type: str
   sample: /var/cache/kpatch-build/sources/6.1.0-50-cloud-amd64-6.1.176-1
+skipped_files:
+  description:
+    - Changed files from which this kernel builds no object, each with the reason; they were not patched.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"file": "drivers/input/joydev.c", "reason": "drivers/input/joydev.o is not built by this kernel
+            (joydev.o is not enabled by this config in drivers/input/Makefile; no compile unit of
+            vmlinux-6.1.0-50-cloud-amd64 is built from drivers/input/joydev.c; decided by Makefile and vmlinux DWARF)"}]
 hunk_adjustments:
   description:
     - Each hunk that did not apply at its own line with all its context, at an offset or with fuzz (see
