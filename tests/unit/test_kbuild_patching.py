@@ -167,12 +167,15 @@ def test_apply_and_reverse_patch_round_trip(tree, tmp_path):
     assert (tree.root / "kernel/sched/core.c").read_text() == SOURCE_FILES["kernel/sched/core.c"]
 
 
+def drifted_patch(path, context_line, drifted_line):
+    """A patch changing line3 of meminfo.c, made against a file where one context line read otherwise."""
+    drifted = SOURCE_FILES["fs/proc/meminfo.c"].replace(context_line, drifted_line)
+    return write_patch(path, unified_diff("fs/proc/meminfo.c", drifted, drifted.replace("line3 = 3;", "line3 = 333;")))
+
+
 def test_fuzz_is_refused_by_default(tree, tmp_path):
     # context lines that no longer match exactly: applies only with fuzz
-    old = SOURCE_FILES["fs/proc/meminfo.c"]
-    drifted = old.replace("line1 = 1;", "line1 = 100;")
-    patch = write_patch(tmp_path / "fuzzy.patch", unified_diff(
-        "fs/proc/meminfo.c", drifted, drifted.replace("line3 = 3;", "line3 = 333;")))
+    patch = drifted_patch(tmp_path / "fuzzy.patch", "line1 = 1;", "line1 = 100;")
     with pytest.raises(KbuildError, match=r"Hunk #1 FAILED.*\(it applies with fuzz 2: set fuzz to 2"):
         with patched_tree(tree, [patch]):
             pass
@@ -188,10 +191,7 @@ def test_fuzz_is_refused_by_default(tree, tmp_path):
 
 
 def test_fuzz_1_ignores_only_the_outermost_context_line(tree, tmp_path):
-    old = SOURCE_FILES["fs/proc/meminfo.c"]
-    drifted = old.replace("line0 = 0;", "line0 = 100;")
-    patch = write_patch(tmp_path / "fuzz1.patch", unified_diff(
-        "fs/proc/meminfo.c", drifted, drifted.replace("line3 = 3;", "line3 = 333;")))
+    patch = drifted_patch(tmp_path / "fuzz1.patch", "line0 = 0;", "line0 = 100;")
     with pytest.raises(KbuildError, match=r"\(it applies with fuzz 1: set fuzz to 1"):
         with patched_tree(tree, [patch]):
             pass

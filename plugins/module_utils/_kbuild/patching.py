@@ -156,16 +156,22 @@ _PROBLEM_RE = re.compile(r"^(Hunk #\d+ FAILED at \d+.*|Reversed \(or previously 
 _SUCCEEDED_RE = re.compile(r"^Hunk #(\d+) succeeded at (\d+)(?: with fuzz (\d+))?(?: \(offset (-?\d+) lines?\))?\.")
 
 
-def hunk_adjustments(output: str, patch: Path) -> List[HunkAdjustment]:
-    """The hunks GNU patch reports as applied at an offset or with fuzz (exact hunks print nothing)."""
+def _lines_by_file(output: str) -> Iterator[Tuple[str, str]]:
+    """``(file, line)`` for each line of GNU patch output, the file being the one it was checking."""
     current = "?"
-    found: List[HunkAdjustment] = []
     for line in output.splitlines():
         m = _FILE_RE.match(line)
         if m:
             current = m.group(1).strip("'")
             continue
-        m = _SUCCEEDED_RE.match(line.strip())
+        yield current, line.strip()
+
+
+def hunk_adjustments(output: str, patch: Path) -> List[HunkAdjustment]:
+    """The hunks GNU patch reports as applied at an offset or with fuzz (exact hunks print nothing)."""
+    found: List[HunkAdjustment] = []
+    for current, line in _lines_by_file(output):
+        m = _SUCCEEDED_RE.match(line)
         if m:
             found.append(HunkAdjustment(patch=str(patch), file=current, hunk=int(m.group(1)), line=int(m.group(2)),
                                         offset=int(m.group(4) or 0), fuzz=int(m.group(3) or 0)))
@@ -174,16 +180,8 @@ def hunk_adjustments(output: str, patch: Path) -> List[HunkAdjustment]:
 
 def describe_patch_failure(output: str) -> str:
     """Turn GNU patch output into 'file: hunk #N FAILED at L' lines."""
-    current = "?"
-    problems: List[str] = []
-    for line in output.splitlines():
-        m = _FILE_RE.match(line)
-        if m:
-            current = m.group(1).strip("'")
-            continue
-        m = _PROBLEM_RE.match(line.strip())
-        if m:
-            problems.append(f"{current}: {m.group(1)}")
+    problems = [f"{current}: {m.group(1)}" for current, m in
+                ((current, _PROBLEM_RE.match(line)) for current, line in _lines_by_file(output)) if m]
     return "; ".join(problems) if problems else output.strip()[-600:]
 
 
