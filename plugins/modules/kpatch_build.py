@@ -97,6 +97,20 @@ options:
       - Defaults to C(/usr/lib/debug/lib/modules/<release>) (Debian C(-dbg), Ubuntu C(-dbgsym), RPM
         C(kernel-debuginfo)). When absent, C(modules.order) and the kbuild Makefiles decide.
     type: path
+  oot_module:
+    description:
+      - An out-of-tree module to patch instead of the kernel (a vendor driver, ZFS ...): the built C(.ko) that
+        the targets load, plain or compressed. Its symbol table is the parent of every changed function, and
+        livepatch applies the patch whenever the module is loaded, before or after the patch module.
+      - The patches are relative to O(oot_module_src) (C(-p1)); only C(.c) files can be changed.
+      - O(source_dir) is not needed; the module's objects are compiled against O(headers).
+    type: path
+  oot_module_src:
+    description:
+      - The directory O(oot_module) was built from (its C(Kbuild) or C(Makefile), as for
+        C(make -C <headers> M=<dir>)). It is copied and never written; only the objects the patches change are
+        compiled, unpatched and patched, with the module's own Kbuild.
+    type: path
   fuzz:
     description:
       - Context lines a hunk may ignore when a patch is applied (GNU C(patch --fuzz)).
@@ -309,6 +323,8 @@ ARGUMENT_SPEC = dict(
     modules_dir=dict(type="path"),
     debug_modules_dir=dict(type="path"),
     fuzz=dict(type="int", default=0, choices=[0, 1, 2]),
+    oot_module=dict(type="path"),
+    oot_module_src=dict(type="path"),
     name=dict(type="str"),
     replace=dict(type="bool", default=True),
     jobs=dict(type="int", default=2),
@@ -323,7 +339,7 @@ ARGUMENT_SPEC = dict(
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           required_together=[("signing_key", "signing_cert")],
+                           required_together=[("signing_key", "signing_cert"), ("oot_module", "oot_module_src")],
                            mutually_exclusive=[("source_dir", "package_version")])
     if IMPORT_ERROR:
         module.fail_json(msg="kpatch.livepatch build helpers failed to import", exception=IMPORT_ERROR)

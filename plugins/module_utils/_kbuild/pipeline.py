@@ -20,7 +20,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -30,12 +29,17 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler 
     host_compiler,
     kernel_compiler,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.debuginfo import decide_goal, release_debuginfo
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
     objtool_runs_on_linked_module,
     strip_objtool_output,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity, oot_parent_ko
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs import (
+    NoChangesError,
+    compile_kernel,
+    compile_oot,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
     BuildRequest,
@@ -44,34 +48,15 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request i
     sign_file_path,
     signature_hash,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
-    KbuildError,
-    StepLog,
-    run_logged,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import (
-    build_objects,
-    changed_files,
-    objects_for_sources,
-    patched_tree,
-    prepare_tree,
-    sha256_file,
-    source_identity,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file, source_identity
 
 # Bumped when the cache layout or the meaning of a cached result changes.
 CACHE_FORMAT = 1
 FUNCTION_SECTIONS = "-ffunction-sections -fdata-sections"
-# Objects kpatch refuses for good reasons: lib/ objects may be archive members linked only when
-# used, so a function there may not exist in vmlinux at all, or exist in several copies.
-REFUSED_DIRS = ("lib/", "arch/x86/lib/")
 # What follows ".ko" in a module file name: plain, or compressed the ways distros ship them.
 MODULE_SUFFIXES = ("", ".xz", ".gz", ".zst")
-
-
-class NoChangesError(KbuildError):
-    """The patches change no function: nothing to live patch."""
 
 
 @dataclass
@@ -142,7 +127,8 @@ def cache_key(req: BuildRequest) -> str:
         "signed": _signing_identity(req),
         "compiler": build_compiler(req),
         "code": _code_identity(),
-        "source": req.acquire.identity if req.acquire else source_identity(Path(req.source_dir)),
+        "source": (oot_identity(req.oot) if req.oot else req.acquire.identity if req.acquire
+                   else source_identity(Path(req.source_dir))),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -185,18 +171,6 @@ def cached_result(req: BuildRequest, key: str) -> Optional[BuildResult]:
 # --------------------------------------------------------------------------- steps
 
 
-def parent_of(goal_kind: str, goal_module: Optional[str], obj: str) -> str:
-    """The livepatch object an object's functions live in: vmlinux or the module's name."""
-    if any(obj.startswith(d) for d in REFUSED_DIRS):
-        raise KbuildError(f"{obj}: changes under {', '.join(REFUSED_DIRS)} are not supported (library objects "
-                          "are linked only where used, so the patched function may not be in the kernel, or be there twice)")
-    if goal_kind == "module" and goal_module:
-        return goal_module.replace("-", "_")
-    if goal_kind == "vmlinux":
-        return "vmlinux"
-    raise KbuildError(f"{obj}: cannot tell whether it links into vmlinux or a module ({goal_kind})")
-
-
 def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> Path:
     """The release's own ``<module>.ko`` (its symbol table is the parent for lookups).
 
@@ -229,6 +203,15 @@ def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> P
     raise KbuildError(f"module {module}.ko (plain, .xz, .gz or .zst) not found under {modules_dir}")
 
 
+def _parent_file(req: BuildRequest, parent: str, scratch: Path) -> Path:
+    """vmlinux, the out-of-tree module being patched, or the release's own module ``parent``."""
+    if parent == "vmlinux":
+        return Path(req.vmlinux)
+    if req.oot and parent == req.oot.name:
+        return oot_parent_ko(req.oot, scratch)
+    return find_module_ko(req.modules_dir, parent, scratch)
+
+
 def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched_dir: Path,
                out_dir: Path, sizes: Dict[str, int], log: StepLog) -> List[ObjectDiff]:
     """Diff each original/patched object pair; return what changed, write outputs to ``out_dir``."""
@@ -242,8 +225,7 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     for index, (obj, parent) in enumerate(sorted(pairs.items())):
         with log.step("diff-object", obj) as res:
             if parent not in symtabs:
-                source = (req.vmlinux if parent == "vmlinux"
-                          else find_module_ko(req.modules_dir, parent, out_dir.parent / "parents"))
+                source = _parent_file(req, parent, out_dir.parent / "parents")
                 symtabs[parent] = load_parent_symtab(str(source), parent)
             out = out_dir / f"output-{index}-{Path(obj).stem}.o"
             result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
@@ -377,47 +359,15 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         res.detail = " ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
     _timed(timings, "checks", t)
     t = time.monotonic()
-    trees = Path(req.cache_dir) / "trees"
-    if not compiler.matches:
-        # The shared tree is configured for the kernel's compiler (CONFIG_CC_VERSION_TEXT): kbuild
-        # would reconfigure it in place for another one. That compiler gets a tree of its own.
-        trees = Path(req.cache_dir) / "trees-by-compiler" / hashlib.sha256(compiler.host.encode()).hexdigest()[:16]
-        log.note("prepare-tree", f"compiler '{compiler.host}' is not the kernel's: tree under {trees}")
-    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs)
-    _timed(timings, "prepare_tree", t)
-    t = time.monotonic()
-    files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
     # The same flags for the header mapping's compiles as for the build below: kbuild then finds
     # the objects it compiled up to date instead of compiling them again.
     cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
-    info = release_debuginfo(Path(req.vmlinux), req.release, req.modules_dir, req.debug_modules_dir,
-                             Path(req.cache_dir) / "debuginfo", log)
-    objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,
-                                 full_build_fallback=req.full_build_fallback, decide=partial(decide_goal, info))
-    if objmap.undecided:
-        raise KbuildError("cannot live patch: " + "; ".join(f"{f}: {why}" for f, why in sorted(objmap.undecided.items())))
-    for obj, goal in sorted(objmap.goals.items()):
-        log.note("object-goal", f"{obj}: {goal.module or goal.kind} (decided by {goal.decided_by})")
-    for skipped, why in sorted(objmap.skipped.items()):
-        log.note("skip-file", f"{skipped}: {why}")
-    unmapped = [f for f in files if f.endswith(".h") and f not in objmap.header_basis]
-    if unmapped:
-        # Never build from a partial list: a header without a complete answer stops the build.
-        raise KbuildError(f"cannot live patch: no complete list of the objects that include {', '.join(unmapped)}")
-    for header, basis in sorted(objmap.header_basis.items()):
-        log.note("header-objects", f"{header}: {' '.join(objmap.objects[header]) or '-'} ({basis})")
-    pairs = {obj: parent_of(objmap.goals[obj].kind, objmap.goals[obj].module, obj) for obj in objmap.all_objects}
-    if not pairs:
-        skipped = "; ".join(f"{f}: {why}" for f, why in sorted(objmap.skipped.items()))
-        raise NoChangesError(f"nothing to live patch: this kernel builds no object from the files the patches "
-                             f"change ({skipped or ', '.join(files)})")
-    orig_dir, patched_dir, out_dir = work / "orig", work / "patched", work / "output"
+    compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
+                else compile_kernel(req, log, work, None if compiler.matches else compiler.host, cflags, timings))
+    pairs, orig_dir, patched_dir = compiled.pairs, compiled.orig_dir, compiled.patched_dir
+    out_dir = work / "output"
     out_dir.mkdir(parents=True)
-    build_objects(tree, sorted(pairs), cflags, orig_dir, jobs=req.jobs)
-    with patched_tree(tree, [Path(p) for p in req.patches], fuzz=req.fuzz) as applied:
-        build_objects(tree, sorted(pairs), cflags, patched_dir, jobs=req.jobs)
-    adjustments = [a for patch in applied for a in patch.adjustments]
-    for adjusted in adjustments:
+    for adjusted in compiled.adjustments:
         log.note("hunk-adjusted", adjusted.describe())
     _timed(timings, "compile", t)
     t = time.monotonic()
@@ -440,7 +390,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")
     with log.step("check-objtool-sites") as res:
-        sites = check_objtool_sites(klp_ko, config_text, tree.root)
+        sites = check_objtool_sites(klp_ko, config_text, compiled.source_root)
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
     if req.signing_key:
         sign_module(req, klp_ko, log)
@@ -452,5 +402,5 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                           "the headers do not belong to this release")
     return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=sha256_file(ko), vermagic=info.vermagic,
                        release=req.release, replace=req.replace, cached=False, objects=diffs, log=str(log.path),
-                       cache_key=key, hunk_adjustments=[asdict(a) for a in adjustments],
-                       skipped_files=[{"file": f, "reason": why} for f, why in sorted(objmap.skipped.items())])
+                       cache_key=key, hunk_adjustments=[asdict(a) for a in compiled.adjustments],
+                       skipped_files=[{"file": f, "reason": why} for f, why in sorted(compiled.skipped.items())])

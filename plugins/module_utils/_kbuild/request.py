@@ -20,6 +20,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire i
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import plan_for
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import module_name
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import OotModule, check_oot_inputs
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching import check_fuzz
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
@@ -54,6 +55,13 @@ class BuildRequest:
     # The distro's debug modules (/usr/lib/debug/lib/modules/<release>): their compile units say
     # which module an object links into.  None: modules.order and the Makefiles decide.
     debug_modules_dir: Optional[Path] = None
+    # An out-of-tree module to patch instead of the kernel: its built .ko and its source directory.
+    oot_module: Optional[Path] = None
+    oot_module_src: Optional[Path] = None
+
+    @property
+    def oot(self) -> Optional[OotModule]:
+        return OotModule(Path(self.oot_module), Path(self.oot_module_src)) if self.oot_module else None
 
     @property
     def module_name(self) -> str:
@@ -77,9 +85,14 @@ def check_inputs(req: BuildRequest) -> None:
             raise KbuildError(f"patch {patch} does not exist")
     # patch(1) runs inside the tree: relative names must not depend on the caller's directory.
     req.patches = [Path(p).resolve() for p in req.patches]
-    # An acquired source is fetched after these checks (and only when the module is not cached).
+    if bool(req.oot_module) != bool(req.oot_module_src):
+        raise KbuildError("an out-of-tree module needs both oot_module (its .ko) and oot_module_src (its source)")
+    if req.oot:
+        check_oot_inputs(req.oot)
+    # An acquired source is fetched after these checks (and only when the module is not cached);
+    # an out-of-tree module is built from its own source against the headers.
     source_check = (req.source_dir / "Makefile", f"kernel source tree {req.source_dir} (no Makefile there)")
-    checks = [] if req.acquire else [source_check]
+    checks = [] if req.acquire or req.oot else [source_check]
     checks += [(req.config, f"kernel config {req.config}"),
                (req.vmlinux, f"vmlinux with debug symbols {req.vmlinux} (install the kernel's debuginfo/-dbg package)"),
                (req.headers / "Makefile", f"kernel headers {req.headers} (no Makefile there)")]
@@ -177,7 +190,8 @@ def request_from_params(params: Dict[str, object], running_release: str) -> Buil
 
     headers = path_or("headers", defaults.get("headers"))
     cache_dir = path_or("cache_dir", Path("/var/cache/kpatch-build"))
-    source = path_or("source_dir", None)
+    oot_src = path_or("oot_module_src", None)
+    source = path_or("source_dir", oot_src)  # an out-of-tree module needs no kernel source
     acquire = None
     if source is None:  # the distro's own source of the exact package version, fetched into the cache
         acquire = source_request(release, cache_dir, str(params.get("package_version") or "") or None)  # type: ignore[arg-type]
@@ -196,4 +210,5 @@ def request_from_params(params: Dict[str, object], running_release: str) -> Buil
         full_build_fallback=bool(params.get("full_build_fallback", True)),
         fuzz=int(params.get("fuzz") or 0),  # type: ignore[call-overload]
         debug_modules_dir=path_or("debug_modules_dir", defaults.get("debug_modules_dir")),
+        oot_module=path_or("oot_module", None), oot_module_src=oot_src,
     )
