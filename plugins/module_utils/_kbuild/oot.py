@@ -100,23 +100,3 @@ def oot_objects(files: List[str]) -> Tuple[List[str], Dict[str, str]]:
         else:
             refused[rel] = "not a C source: build-system and data files cannot be live-patched"
     return sorted(objects), refused
-
-
-def oot_parent_ko(module: OotModule, scratch: Path) -> Path:
-    """The module file to read symbols from: as given, or unpacked when it is compressed."""
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
-        ModinfoError,
-        decompress_module,
-    )
-
-    ko = Path(module.ko)
-    if ko.name.endswith(".ko"):
-        return ko
-    try:
-        plain = decompress_module(str(ko), ko.read_bytes())
-    except ModinfoError as exc:
-        raise KbuildError(str(exc)) from exc
-    scratch.mkdir(parents=True, exist_ok=True)
-    dest = scratch / f"{module.name}.ko"
-    dest.write_bytes(plain)
-    return dest

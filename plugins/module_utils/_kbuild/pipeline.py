@@ -35,7 +35,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck 
     objtool_runs_on_linked_module,
     strip_objtool_output,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity, oot_parent_ko
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs import (
     NoChangesError,
     compile_kernel,
@@ -177,30 +177,35 @@ def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> P
     Distros ship modules compressed (Debian 6.12: ``.ko.xz``; others ``.ko.zst``/``.ko.gz``);
     a compressed one is unpacked into ``scratch`` and that plain copy is returned.
     """
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
-        ModinfoError,
-        decompress_module,
-    )
-
     if modules_dir is None or not Path(modules_dir).is_dir():
         raise KbuildError(f"the patch changes module {module}, but no modules directory was given "
                           f"(/lib/modules/<release> of the target kernel)")
     names = {module, module.replace("_", "-")}
     for path in sorted(Path(modules_dir).rglob("*.ko*")):
         base, _sep, suffix = path.name.partition(".ko")
-        if base not in names or suffix not in MODULE_SUFFIXES:
-            continue
-        if not suffix:
-            return path
-        try:
-            plain = decompress_module(str(path), path.read_bytes())
-        except ModinfoError as exc:
-            raise KbuildError(str(exc)) from exc
-        scratch.mkdir(parents=True, exist_ok=True)
-        dest = scratch / f"{base}.ko"
-        dest.write_bytes(plain)
-        return dest
+        if base in names and suffix in MODULE_SUFFIXES:
+            return plain_module(path, scratch)
     raise KbuildError(f"module {module}.ko (plain, .xz, .gz or .zst) not found under {modules_dir}")
+
+
+def plain_module(path: Path, scratch: Path) -> Path:
+    """``path`` when it is a plain ``.ko``, else its contents unpacked into ``scratch``."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
+        ModinfoError,
+        decompress_module,
+    )
+
+    base, _sep, suffix = Path(path).name.partition(".ko")
+    if not suffix:
+        return Path(path)
+    try:
+        plain = decompress_module(str(path), Path(path).read_bytes())
+    except ModinfoError as exc:
+        raise KbuildError(str(exc)) from exc
+    scratch.mkdir(parents=True, exist_ok=True)
+    dest = scratch / f"{base}.ko"
+    dest.write_bytes(plain)
+    return dest
 
 
 def _parent_file(req: BuildRequest, parent: str, scratch: Path) -> Path:
@@ -208,7 +213,7 @@ def _parent_file(req: BuildRequest, parent: str, scratch: Path) -> Path:
     if parent == "vmlinux":
         return Path(req.vmlinux)
     if req.oot and parent == req.oot.name:
-        return oot_parent_ko(req.oot, scratch)
+        return plain_module(req.oot.ko, scratch)
     return find_module_ko(req.modules_dir, parent, scratch)
 
 
