@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.debuginfo
     release_debuginfo,
     tree_relative,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.headers import header_candidates
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.includes import scan_includes
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import StepLog
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None, reason="needs gcc, ld")
@@ -152,3 +155,19 @@ def test_module_list_reads_installed_and_tree_formats(tmp_path):
 ])
 def test_tree_relative_names(name, comp_dir, expected):
     assert tree_relative(name, comp_dir) == expected
+
+
+def test_header_candidates_take_the_same_decider(release, info):
+    """A header mm/mmap.c includes: its object is a candidate only when debuginfo decides."""
+    root = release[0]
+    (root / "mm/mmap_internal.h").write_text("#define MMAP_INTERNAL 1\n")
+    (root / "mm/mmap.c").write_text('#include "mmap_internal.h"\n' + SOURCES["mm/mmap.c"])
+    try:
+        graph = scan_includes(root)
+        by_makefile = header_candidates(root, graph, "mm/mmap_internal.h", config())
+        by_debuginfo = header_candidates(root, graph, "mm/mmap_internal.h", config(), partial(decide_goal, info))
+    finally:
+        (root / "mm/mmap.c").write_text(SOURCES["mm/mmap.c"])
+        (root / "mm/mmap_internal.h").unlink()
+    assert "mm/mmap.c" in by_makefile.skipped and by_makefile.objects == []
+    assert by_debuginfo.objects == ["mm/mmap.o"]

@@ -352,7 +352,7 @@ def objects_for_sources(tree: PreparedTree, files: Sequence[str], extra_cflags: 
             elif not rel.endswith(".h"):
                 result.undecided[rel] = "not a C source or header: build-system and data files cannot be live-patched"
         if headers:
-            _map_headers(tree, headers, config, result, extra_cflags, jobs, full_build_fallback, goal_of)
+            _map_headers(tree, headers, config, result, extra_cflags, jobs, full_build_fallback, decide)
         res.detail = (f"{len(result.all_objects)} objects, {len(result.skipped)} files skipped, "
                       f"{len(result.undecided)} undecided")
     return result
@@ -409,7 +409,7 @@ def _map_included_source(rel: str, includers: List[str], goal_of: Callable[[str]
 
 
 def _map_headers(tree: PreparedTree, headers: List[str], config: Dict[str, str], result: ObjectMap,
-                 extra_cflags: str, jobs: int, full_build_fallback: bool, goal_of: Callable[[str], Goal]) -> None:
+                 extra_cflags: str, jobs: int, full_build_fallback: bool, decide: GoalDecider) -> None:
     # Imported here: headers.py builds on this module's Makefile evaluation.
     from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.headers import map_headers
 
@@ -419,11 +419,12 @@ def _map_headers(tree: PreparedTree, headers: List[str], config: Dict[str, str],
     present = [h for h in headers if h not in result.undecided]
     if not present:
         return
-    for header, (objects, basis) in map_headers(tree, present, config, extra_cflags=extra_cflags, jobs=jobs,
-                                                full_build_fallback=full_build_fallback).items():
+    found = map_headers(tree, present, config, extra_cflags=extra_cflags, jobs=jobs,
+                        full_build_fallback=full_build_fallback, decide=decide)
+    for header, (objects, basis) in found.items():
         result.objects[header] = objects
         result.header_basis[header] = basis
         if not objects:
             result.skipped[header] = f"no object this kernel builds includes it ({basis})"
         for obj in objects:
-            result.goals.setdefault(obj, goal_of(obj))
+            result.goals.setdefault(obj, decide(tree.root, obj, config))
