@@ -20,7 +20,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline 
     check_inputs,
     signature_hash,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import distro_defaults
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import distro_defaults, request_from_params
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 
@@ -129,3 +129,11 @@ def test_default_paths_come_from_the_host_distributions_plan(tmp_path):
     assert deb["modules_dir"] == root / "lib/modules/6.1.0-50-cloud-amd64"
     with pytest.raises(KbuildError, match="distribution 'arch' is not supported"):
         distro_defaults("6.1.0-50-cloud-amd64", os_release_root(tmp_path / "arch", "arch", ""))
+
+
+def test_explicit_paths_need_no_distribution_and_keep_their_values(tmp_path):
+    params = {"patches": ["/p.patch"], "release": "6.1.0-50-cloud-amd64", "source_dir": str(tmp_path),
+              "config": "/c", "vmlinux": "/v", "headers": "/h", "modules_dir": "/m", "fuzz": 2}
+    req = request_from_params(params, "ignored")
+    assert (str(req.config), str(req.vmlinux), str(req.headers), str(req.modules_dir)) == ("/c", "/v", "/h", "/m")
+    assert req.fuzz == 2 and req.oot is None

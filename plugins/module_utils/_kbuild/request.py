@@ -171,7 +171,10 @@ _DEFAULTED = ("config", "vmlinux", "headers", "modules_dir")
 def _host_defaults(params: Dict[str, object], release: str) -> Dict[str, Path]:
     """The distro's paths for what ``params`` leaves out; none needed when every path is given."""
     if all(params.get(key) for key in _DEFAULTED):
-        return {}
+        try:  # only the optional debug modules are left to default
+            return {"debug_modules_dir": distro_defaults(release)["debug_modules_dir"]}
+        except KbuildError:
+            return {}
     try:
         return distro_defaults(release)
     except KbuildError as exc:
