@@ -99,7 +99,7 @@ options:
     type: path
   oot_module:
     description:
-      - An out-of-tree module to patch instead of the kernel (a vendor driver, ZFS ...): the built C(.ko) that
+      - An out-of-tree module to patch instead of the kernel (a vendor driver, ZFS ...), as the built C(.ko) that
         the targets load, plain or compressed. Its symbol table is the parent of every changed function, and
         livepatch applies the patch whenever the module is loaded, before or after the patch module.
       - The patches are relative to O(oot_module_src) (C(-p1)); only C(.c) files can be changed.

@@ -70,8 +70,8 @@ class CompiledPairs:
     skipped: Dict[str, str] = field(default_factory=dict)
 
 
-def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cflags: str, work: Path
-                  ) -> Tuple[Path, Path, List[HunkAdjustment]]:
+def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cflags: str,
+                 work: Path) -> Tuple[Path, Path, List[HunkAdjustment]]:
     """Compile ``objects`` unpatched, then patched (the tree restored afterwards)."""
     orig_dir, patched_dir = work / "orig", work / "patched"
     build_objects(tree, objects, cflags, orig_dir, jobs=req.jobs)
@@ -81,7 +81,7 @@ def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cfla
 
 
 def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: Optional[str], cflags: str,
-                    timings: Dict[str, float]) -> CompiledPairs:
+                   timings: Dict[str, float]) -> CompiledPairs:
     """The changed kernel objects (vmlinux or in-tree modules), compiled in the prepared tree."""
     t = time.monotonic()
     trees = Path(req.cache_dir) / "trees"
