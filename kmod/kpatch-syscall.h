@@ -22,6 +22,9 @@
 
 #include <linux/syscalls.h>
 
+/* __kpatch_section and KPATCH_IGNORE_SECTION: a patch may include this header alone. */
+#include "kpatch-macros.h"
+
 #define KPATCH_SYSCALL_METADATA(sname)						\
 	static struct syscall_metadata __used					\
 		__kpatch_section("__syscalls_metadata")				\

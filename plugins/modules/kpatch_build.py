@@ -24,8 +24,15 @@ description:
     release for a patched header that too many objects include (see O(full_build_fallback)).
   - The kernel source tree is left pristine on every exit path, and a failed build leaves no module behind.
   - The same inputs again return the cached module with C(changed=false).
-  - Patches to loadable modules are supported; the object a changed file links into is read from the
-    tree's kbuild Makefiles, and the module's own C(.ko) under O(modules_dir) gives its symbols.
+  - Patches to loadable modules are supported; the module's own C(.ko) under O(modules_dir) gives its symbols.
+  - Which object a changed file builds, and whether it links into vmlinux or which module, is read from the
+    distribution's debuginfo first - the compile units of O(vmlinux) (scanned once per release, about 20 seconds
+    for Debian's 6.1 kernel, then cached under O(cache_dir)), those of the debug modules under
+    O(debug_modules_dir), C(modules.order) and C(modules.builtin) - and from the tree's kbuild Makefiles only
+    where those give no answer. The build log says which decided.
+  - Files of a patch from which this kernel builds no object (a driver its config leaves out, documentation,
+    C(tools/)) are skipped and returned in RV(skipped_files); the rest of the patch is built. One fix can then
+    serve every kernel flavour of a fleet. A patch is refused when nothing is left to patch.
 author:
   - kpatch.livepatch contributors (@kpatch-livepatch)
 requirements:
@@ -68,14 +75,51 @@ options:
         C(.config) of O(headers).
     type: path
   vmlinux:
-    description: vmlinux with debug symbols. Defaults to C(/usr/lib/debug/boot/vmlinux-<release>) (Debian C(-dbg)).
+    description:
+      - vmlinux with debug symbols; its compile units say which objects link into the kernel image.
+      - Defaults to the build host's distribution's debuginfo path (Debian and Ubuntu
+        C(/usr/lib/debug/boot/vmlinux-<release>), RPM distributions C(/usr/lib/debug/lib/modules/<release>/vmlinux)).
     type: path
   headers:
-    description: The release's kbuild headers directory. Defaults to C(/usr/src/linux-headers-<release>).
+    description:
+      - The release's kbuild headers directory. Defaults to the distribution's (Debian and Ubuntu
+        C(/usr/src/linux-headers-<release>), RPM distributions C(/usr/src/kernels/<release>)).
     type: path
   modules_dir:
-    description: The release's module directory, for patches to loadable modules. Defaults to C(/lib/modules/<release>).
+    description:
+      - The release's module directory, for patches to loadable modules (their C(.ko) gives the symbols) and for
+        C(modules.order) and C(modules.builtin). Defaults to C(/lib/modules/<release>).
     type: path
+  debug_modules_dir:
+    description:
+      - The release's modules with debug information, from the distribution's debuginfo package; the compile
+        units of a C(.ko) name the objects linked into that module.
+      - Defaults to C(/usr/lib/debug/lib/modules/<release>) (Debian C(-dbg), Ubuntu C(-dbgsym), RPM
+        C(kernel-debuginfo)). When absent, C(modules.order) and the kbuild Makefiles decide.
+    type: path
+  oot_module:
+    description:
+      - An out-of-tree module to patch instead of the kernel (a vendor driver, ZFS ...), as the built C(.ko) that
+        the targets load, plain or compressed. Its symbol table is the parent of every changed function, and
+        livepatch applies the patch whenever the module is loaded, before or after the patch module.
+      - The patches are relative to O(oot_module_src) (C(-p1)); only C(.c) files can be changed.
+      - O(source_dir) is not needed; the module's objects are compiled against O(headers).
+    type: path
+  oot_module_src:
+    description:
+      - The directory O(oot_module) was built from (its C(Kbuild) or C(Makefile), as for
+        C(make -C <headers> M=<dir>)). It is copied and never written; only the objects the patches change are
+        compiled, unpatched and patched, with the module's own Kbuild.
+    type: path
+  fuzz:
+    description:
+      - Context lines a hunk may ignore when a patch is applied (GNU C(patch --fuzz)).
+      - The default C(0) applies patches exactly. kpatch-build applies patches with GNU patch's default fuzz
+        (C(2)); set C(1) or C(2) for patches written for it, and check the hunks reported in RV(hunk_adjustments).
+      - The source tree is restored to its pristine state after the build either way.
+    type: int
+    choices: [0, 1, 2]
+    default: 0
   name:
     description:
       - Name of the patch module. Defaults to C(livepatch-<first patch file name without .patch>).
@@ -248,6 +292,24 @@ source_dir:
   returned: always
   type: str
   sample: /var/cache/kpatch-build/sources/6.1.0-50-cloud-amd64-6.1.176-1
+skipped_files:
+  description:
+    - Changed files from which this kernel builds no object, each with the reason; they were not patched.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"file": "drivers/input/joydev.c", "reason": "drivers/input/joydev.o is not built by this kernel
+            (joydev.o is not enabled by this config in drivers/input/Makefile; no compile unit of
+            vmlinux-6.1.0-50-cloud-amd64 is built from drivers/input/joydev.c; decided by Makefile and vmlinux DWARF)"}]
+hunk_adjustments:
+  description:
+    - Each hunk that did not apply at its own line with all its context, at an offset or with fuzz (see
+      O(fuzz)). Empty when every hunk applied exactly.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"patch": "/srv/patches/cve-1.patch", "file": "kernel/sys.c", "hunk": 2, "line": 1290, "offset": 12,
+            "fuzz": 1}]
 source_acquisition:
   description: In check mode without O(source_dir), what a build would fetch (nothing is downloaded).
   returned: check mode, when O(source_dir) is omitted
@@ -267,11 +329,8 @@ try:
         HAS_PYELFTOOLS,
         PYELFTOOLS_IMPORT_ERROR,
     )
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import (
-        build_livepatch,
-        plan,
-        request_from_params,
-    )
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import build_livepatch, plan
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import request_from_params
     from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
     IMPORT_ERROR = None
@@ -289,6 +348,10 @@ ARGUMENT_SPEC = dict(
     vmlinux=dict(type="path"),
     headers=dict(type="path"),
     modules_dir=dict(type="path"),
+    debug_modules_dir=dict(type="path"),
+    fuzz=dict(type="int", default=0, choices=[0, 1, 2]),
+    oot_module=dict(type="path"),
+    oot_module_src=dict(type="path"),
     name=dict(type="str"),
     replace=dict(type="bool", default=True),
     jobs=dict(type="int", default=2),
@@ -303,7 +366,7 @@ ARGUMENT_SPEC = dict(
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           required_together=[("signing_key", "signing_cert")],
+                           required_together=[("signing_key", "signing_cert"), ("oot_module", "oot_module_src")],
                            mutually_exclusive=[("source_dir", "package_version")])
     if IMPORT_ERROR:
         module.fail_json(msg="kpatch.livepatch build helpers failed to import", exception=IMPORT_ERROR)

@@ -24,9 +24,9 @@ PATCHES = REPO / "tests" / "integration" / "patches" / "6.1.0-50-cloud-amd64"
 
 # Shell helpers for the VM scripts: wait for a patch's transition, disable and remove it.
 SH_LIB = r"""
-wait_transition() {  # $1 = patch name in sysfs
+wait_transition() {  # $1 = patch name in sysfs (gone once a disabled patch is freed: then done too)
   i=0
-  while [ -e /sys/kernel/livepatch/$1/transition ] && [ "$(cat /sys/kernel/livepatch/$1/transition)" != 0 ]; do
+  while t=$(cat /sys/kernel/livepatch/$1/transition 2>/dev/null) && [ "$t" != 0 ]; do
     i=$((i+1)); [ $i -gt 600 ] && { echo "transition of $1 stuck"; exit 21; }; sleep 0.1
   done
 }

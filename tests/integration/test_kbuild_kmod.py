@@ -138,3 +138,28 @@ def test_patch_module_patches_and_unpatches_in_vm(kernel_6_1, hook_ko):
     assert any("1 functions in 1 objects, 4 callbacks, replace=1" in line for line in dmesg), dmesg
     assert any("replace=0" in line for line in dmesg), dmesg
     assert "Call Trace" not in result.console
+
+
+# A use of each patch-author header, compiled with that header as the file's first include: a patch
+# may include any one of them alone (kpatch's syscall patch includes only kpatch-syscall.h).
+HEADER_USES = {
+    "kpatch-macros.h": "static int kpatch_hdr_fn(void) { return 0; }\nKPATCH_IGNORE_FUNCTION(kpatch_hdr_fn);\n",
+    "kpatch-patch.h": "struct kpatch_patch_func kpatch_hdr_func = { .name = \"x\" };\n",
+    "kpatch-syscall.h": "KPATCH_SYSCALL_DEFINE1(kpatch_hdrtest, int, value)\n{\n\treturn value;\n}\n",
+}
+
+
+def test_every_kmod_header_compiles_alone_included_first(kernel_6_1, tmp_path):
+    headers = sorted(p.name for p in KMOD.glob("*.h"))
+    assert sorted(HEADER_USES) == headers, "a header in kmod/ has no use in HEADER_USES"
+    (tmp_path / "Kbuild").write_text(f"ccflags-y += -I{KMOD}\n")
+    failures = {}
+    for header in headers:
+        stem = "alone_" + header[:-2].replace("-", "_")
+        (tmp_path / f"{stem}.c").write_text(f'#include "{header}"\n\n{HEADER_USES[header]}')
+        proc = subprocess.run(["make", "-C", str(kernel_6_1.headers), f"M={tmp_path}", f"{stem}.o"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not (tmp_path / f"{stem}.o").is_file():
+            output = proc.stdout + proc.stderr
+            failures[header] = [line for line in output.splitlines() if "error:" in line][:5] or output[-1500:]
+    assert not failures, failures

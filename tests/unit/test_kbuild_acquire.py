@@ -24,12 +24,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire i
     source_request,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import plan_for
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import (
-    BuildRequest,
-    cache_key,
-    check_inputs,
-    default_config,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import BuildRequest, cache_key, check_inputs
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import default_config
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
 
 DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'

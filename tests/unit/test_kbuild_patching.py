@@ -91,8 +91,9 @@ def test_patched_tree_applies_then_restores(tree, tmp_path):
     patch = write_patch(tmp_path / "ok.patch", replace_line("fs/proc/meminfo.c", "line3 = 3;", "line3 = 333;"))
     target = tree.root / "fs/proc/meminfo.c"
     before_mtime = target.stat().st_mtime_ns
-    with patched_tree(tree, [patch]) as parsed:
-        assert parsed[0].sources == ("fs/proc/meminfo.c",)
+    with patched_tree(tree, [patch]) as applied:
+        assert applied[0].files.sources == ("fs/proc/meminfo.c",)
+        assert applied[0].adjustments == ()
         assert "line3 = 333;" in target.read_text()
         # the hard link to the pristine source was broken before patching
         assert "line3 = 333;" not in (tree.source / "fs/proc/meminfo.c").read_text()
@@ -166,17 +167,60 @@ def test_apply_and_reverse_patch_round_trip(tree, tmp_path):
     assert (tree.root / "kernel/sched/core.c").read_text() == SOURCE_FILES["kernel/sched/core.c"]
 
 
+def drifted_patch(path, context_line, drifted_line):
+    """A patch changing line3 of meminfo.c, made against a file where one context line read otherwise."""
+    drifted = SOURCE_FILES["fs/proc/meminfo.c"].replace(context_line, drifted_line)
+    return write_patch(path, unified_diff("fs/proc/meminfo.c", drifted, drifted.replace("line3 = 3;", "line3 = 333;")))
+
+
 def test_fuzz_is_refused_by_default(tree, tmp_path):
     # context lines that no longer match exactly: applies only with fuzz
-    old = SOURCE_FILES["fs/proc/meminfo.c"]
-    drifted = old.replace("line1 = 1;", "line1 = 100;")
-    patch = write_patch(tmp_path / "fuzzy.patch", unified_diff(
-        "fs/proc/meminfo.c", drifted, drifted.replace("line3 = 3;", "line3 = 333;")))
-    with pytest.raises(KbuildError, match="Hunk #1 FAILED"):
+    patch = drifted_patch(tmp_path / "fuzzy.patch", "line1 = 1;", "line1 = 100;")
+    with pytest.raises(KbuildError, match=r"Hunk #1 FAILED.*\(it applies with fuzz 2: set fuzz to 2"):
         with patched_tree(tree, [patch]):
             pass
-    with patched_tree(tree, [patch], fuzz=2):
+    with pytest.raises(KbuildError, match="Hunk #1 FAILED"):
+        with patched_tree(tree, [patch], fuzz=1):
+            pass
+    with patched_tree(tree, [patch], fuzz=2) as applied:
         assert "line3 = 333;" in (tree.root / "fs/proc/meminfo.c").read_text()
+    assert_pristine(tree)
+    (adjusted,) = applied[0].adjustments
+    assert (adjusted.file, adjusted.hunk, adjusted.line, adjusted.fuzz) == ("fs/proc/meminfo.c", 1, 1, 2)
+    assert "fuzzy.patch: fs/proc/meminfo.c hunk #1 at line 1 (fuzz 2)" in tree.log.path.read_text()
+
+
+def test_fuzz_1_ignores_only_the_outermost_context_line(tree, tmp_path):
+    patch = drifted_patch(tmp_path / "fuzz1.patch", "line0 = 0;", "line0 = 100;")
+    with pytest.raises(KbuildError, match=r"\(it applies with fuzz 1: set fuzz to 1"):
+        with patched_tree(tree, [patch]):
+            pass
+    with patched_tree(tree, [patch], fuzz=1) as applied:
+        assert "line3 = 333;" in (tree.root / "fs/proc/meminfo.c").read_text()
+    assert_pristine(tree)
+    assert [(a.hunk, a.fuzz) for a in applied[0].adjustments] == [(1, 1)]
+
+
+def test_hunk_placed_at_an_offset_is_reported_at_fuzz_0(tree, tmp_path):
+    # The patch was made against a file with two more lines on top: exact context, other place.
+    old = SOURCE_FILES["fs/proc/meminfo.c"]
+    shifted = "/* a */\n/* b */\n" + old
+    patch = write_patch(tmp_path / "shifted.patch", unified_diff(
+        "fs/proc/meminfo.c", shifted, shifted.replace("line20 = 20;", "line20 = 2020;")))
+    with patched_tree(tree, [patch]) as applied:
+        assert "line20 = 2020;" in (tree.root / "fs/proc/meminfo.c").read_text()
+    assert_pristine(tree)
+    (adjusted,) = applied[0].adjustments
+    assert (adjusted.offset, adjusted.fuzz) == (-2, 0)
+    assert "offset -2" in adjusted.describe()
+
+
+@pytest.mark.parametrize("fuzz", [-1, 3, "1", True])
+def test_fuzz_outside_0_to_2_is_refused_before_patching(tree, tmp_path, fuzz):
+    patch = write_patch(tmp_path / "ok.patch", replace_line("fs/proc/meminfo.c", "line3 = 3;", "line3 = 333;"))
+    with pytest.raises(KbuildError, match="fuzz must be 0, 1 or 2"):
+        with patched_tree(tree, [patch], fuzz=fuzz):
+            pass
     assert_pristine(tree)
 
 

@@ -20,6 +20,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline 
     check_inputs,
     signature_hash,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import distro_defaults, request_from_params
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 
@@ -101,3 +102,38 @@ def test_a_skipped_compiler_check_keys_the_build_on_the_host_compiler(req, tmp_p
     assert build_compiler(foreign) is None
     assert build_compiler(replace(foreign, skip_compiler_check=True)) == host_compiler()
     assert cache_key(replace(foreign, skip_compiler_check=True)) != cache_key(foreign)
+
+
+def test_fuzz_is_checked_with_the_inputs_and_keys_the_build(req):
+    assert cache_key(replace(req, fuzz=1)) != cache_key(req)
+    with pytest.raises(KbuildError, match="fuzz must be 0, 1 or 2"):
+        check_inputs(replace(req, fuzz=3))
+
+
+def os_release_root(tmp_path, distro_id, version):
+    (tmp_path / "etc").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "etc" / "os-release").write_text(f"ID={distro_id}\nVERSION_ID=\"{version}\"\n")
+    return tmp_path
+
+
+def test_default_paths_come_from_the_host_distributions_plan(tmp_path):
+    rpm = distro_defaults("5.14.0-362.8.1.el9_3.x86_64", os_release_root(tmp_path / "rocky", "rocky", "9.3"))
+    root = tmp_path / "rocky"
+    assert rpm["headers"] == root / "usr/src/kernels/5.14.0-362.8.1.el9_3.x86_64"
+    assert rpm["vmlinux"] == root / "usr/lib/debug/lib/modules/5.14.0-362.8.1.el9_3.x86_64/vmlinux"
+    deb = distro_defaults("6.1.0-50-cloud-amd64", os_release_root(tmp_path / "deb", "debian", "12"))
+    root = tmp_path / "deb"
+    assert deb["headers"] == root / "usr/src/linux-headers-6.1.0-50-cloud-amd64"
+    assert deb["vmlinux"] == root / "usr/lib/debug/boot/vmlinux-6.1.0-50-cloud-amd64"
+    assert deb["debug_modules_dir"] == root / "usr/lib/debug/lib/modules/6.1.0-50-cloud-amd64"
+    assert deb["modules_dir"] == root / "lib/modules/6.1.0-50-cloud-amd64"
+    with pytest.raises(KbuildError, match="distribution 'arch' is not supported"):
+        distro_defaults("6.1.0-50-cloud-amd64", os_release_root(tmp_path / "arch", "arch", ""))
+
+
+def test_explicit_paths_need_no_distribution_and_keep_their_values(tmp_path):
+    params = {"patches": ["/p.patch"], "release": "6.1.0-50-cloud-amd64", "source_dir": str(tmp_path),
+              "config": "/c", "vmlinux": "/v", "headers": "/h", "modules_dir": "/m", "fuzz": 2}
+    req = request_from_params(params, "ignored")
+    assert (str(req.config), str(req.vmlinux), str(req.headers), str(req.modules_dir)) == ("/c", "/v", "/h", "/m")
+    assert req.fuzz == 2 and req.oot is None

@@ -53,6 +53,8 @@ class DistroPlan:
     debuginfo_commands: Tuple[Argv, ...]
     vmlinux_path: str
     version_query: Optional[Argv] = None  # prints the image package version (deb family)
+    modules_path: str = ""  # the release's installed modules, modules.order and modules.builtin
+    debug_modules_path: str = ""  # the debuginfo package's modules (compile units of each .ko)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def _debian_plan(distro: str, version: str, release: str, package_version: Optio
         debuginfo_commands=(("apt-get", "install", "-y", _pin(f"linux-image-{release}-dbg", package_version)),),
         vmlinux_path=f"/usr/lib/debug/boot/vmlinux-{release}",
         version_query=_image_version_query(f"linux-image-{release}"),
+        modules_path=f"/lib/modules/{release}", debug_modules_path=f"/usr/lib/debug/lib/modules/{release}",
     )
 
 
@@ -184,6 +187,7 @@ def _ubuntu_plan(version: str, release: str, package_version: Optional[str]) -> 
                                                               package_version)),),
         vmlinux_path=f"/usr/lib/debug/boot/vmlinux-{release}",
         version_query=_image_version_query(image),
+        modules_path=f"/lib/modules/{release}", debug_modules_path=f"/usr/lib/debug/lib/modules/{release}",
     )
 
 
@@ -215,4 +219,6 @@ def _rpm_plan(distro: str, version: str, release: str, workdir: str) -> DistroPl
         debuginfo_packages=(f"{rel.package}-debuginfo-{rel.version}-{rel.release}.{rel.arch}",),
         debuginfo_commands=(("dnf", "debuginfo-install", "-y", f"{rel.nvr}.{rel.arch}"),),
         vmlinux_path=f"/usr/lib/debug/lib/modules/{release}/vmlinux",
+        # kernel-debuginfo: <module>.ko.debug files beside vmlinux
+        modules_path=f"/lib/modules/{release}", debug_modules_path=f"/usr/lib/debug/lib/modules/{release}",
     )

@@ -8,7 +8,8 @@ was compiled with, but only objects already built have one, and the cached tree 
 with ``modules_prepare`` only.  So, for each patched header:
 
 1. ``includes.py`` finds every source that could include it (a superset);
-2. those sources become objects through the kbuild Makefiles (``object_goal``): unconfigured
+2. those sources become objects whose goal the caller's decider gives (the distribution's
+   debuginfo in a build, else the kbuild Makefiles, ``object_goal``): unconfigured
    ones are dropped, and one whose goal the Makefiles do not spell out is compiled too (if it
    does not compile in this config, it is not part of its build).  Objects with no source in
    the pristine tree (generated or built from elsewhere: ``*.asn1.o``, ``lib/raid6/int8.o``,
@@ -38,6 +39,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.includes 
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import (
     Goal,
+    GoalDecider,
     header_users,
     kbuild_assignments,
     object_goal,
@@ -83,8 +85,12 @@ class Candidates:
 # --------------------------------------------------------------------------- candidates
 
 
-def header_candidates(root: Path, graph: IncludeGraph, header: str, config: Dict[str, str]) -> Candidates:
-    """The objects whose sources could include ``header``, sorted by how sure their goal is."""
+def header_candidates(root: Path, graph: IncludeGraph, header: str, config: Dict[str, str],
+                      decide: GoalDecider = object_goal) -> Candidates:
+    """The objects whose sources could include ``header``, sorted by how sure their goal is.
+
+    ``decide`` says where an object links (``debuginfo.decide_goal`` in a build; the Makefiles by default).
+    """
     closure = graph.closure(header, source_limit=CLOSURE_SOURCE_LIMIT)
     cands = Candidates(header=header, closure=closure)
     if closure.everything:
@@ -92,7 +98,7 @@ def header_candidates(root: Path, graph: IncludeGraph, header: str, config: Dict
         return cands
     if closure.truncated:
         sources = [f for f in closure.files if f.endswith((".c", ".S")) and not graph.area(f)]
-        configured = sum(object_goal(root, f[:-2] + ".o", config).kind in ("vmlinux", "module") for f in sources)
+        configured = sum(decide(root, f[:-2] + ".o", config).kind in ("vmlinux", "module") for f in sources)
         cands.too_many = (f"at least {configured} candidate objects may include it (more than "
                           f"{MAX_HEADER_CANDIDATES}; the include walk stopped after {len(sources)} sources)")
         return cands
@@ -103,7 +109,7 @@ def header_candidates(root: Path, graph: IncludeGraph, header: str, config: Dict
         if _GENERATOR_RE.search(src):
             cands.skipped[src] = "compiled only to generate a header, never linked"
             continue
-        goal = object_goal(root, obj, config)
+        goal = decide(root, obj, config)
         if goal.kind in ("vmlinux", "module"):
             cands.required[obj] = goal
         elif goal.kind == "unconfigured":
@@ -205,7 +211,8 @@ def full_build(tree: PreparedTree, extra_cflags: str, jobs: int) -> None:
 
 
 def map_headers(tree: PreparedTree, headers: Sequence[str], config: Dict[str, str], extra_cflags: str = "",
-                jobs: int = 2, full_build_fallback: bool = False) -> Dict[str, Tuple[List[str], str]]:
+                jobs: int = 2, full_build_fallback: bool = False,
+                decide: GoalDecider = object_goal) -> Dict[str, Tuple[List[str], str]]:
     """``header -> (objects that include it, how that was decided)``; complete, or KbuildError.
 
     ``full_build_fallback=False`` refuses a header that would need the full build instead of
@@ -216,7 +223,7 @@ def map_headers(tree: PreparedTree, headers: Sequence[str], config: Dict[str, st
     with tree_lock(tree.state_dir):
         if tree_fully_built(tree.root):
             return _from_full_build(tree, headers, "the tree is fully built")
-        graph, cands = _candidates(tree, headers, config, rescan=False)
+        graph, cands = _candidates(tree, headers, config, rescan=False, decide=decide)
         problems = {h: c.too_many for h, c in cands.items() if c.too_many}
         if not problems:
             # Objects with generated sources: building them (once per tree) also generates the
@@ -225,7 +232,7 @@ def map_headers(tree: PreparedTree, headers: Sequence[str], config: Dict[str, st
             # stands without them, so a refused header builds nothing.
             opaque, generated = _build_opaque(tree, config, extra_cflags, jobs)
             if generated:
-                graph, cands = _candidates(tree, headers, config, rescan=True)
+                graph, cands = _candidates(tree, headers, config, rescan=True, decide=decide)
                 problems = {h: c.too_many for h, c in cands.items() if c.too_many}
             if not problems:
                 exact, problems = _compile_candidates(tree, graph, cands, opaque, extra_cflags, jobs)
@@ -241,7 +248,7 @@ def map_headers(tree: PreparedTree, headers: Sequence[str], config: Dict[str, st
 
 
 def _candidates(tree: PreparedTree, headers: Sequence[str], config: Dict[str, str],
-                rescan: bool) -> Tuple[IncludeGraph, Dict[str, Candidates]]:
+                rescan: bool, decide: GoalDecider) -> Tuple[IncludeGraph, Dict[str, Candidates]]:
     with tree.log.step("include-graph") as res:
         graph = load_include_graph(tree.root, tree.state_dir, rescan=rescan)
         res.detail = (f"{len(graph.includes)} files with #include lines, "
@@ -249,7 +256,7 @@ def _candidates(tree: PreparedTree, headers: Sequence[str], config: Dict[str, st
     cands: Dict[str, Candidates] = {}
     for header in headers:
         with tree.log.step("header-candidates", header) as res:
-            cands[header] = c = header_candidates(tree.root, graph, header, config)
+            cands[header] = c = header_candidates(tree.root, graph, header, config, decide)
             res.detail = (f"{header}: {c.too_many}" if c.too_many else
                           f"{header}: {len(c.required)} objects, {len(c.uncertain)} of unknown goal; "
                           f"{len(c.skipped)} sources ruled out")

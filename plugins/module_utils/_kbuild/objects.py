@@ -3,10 +3,13 @@
 # GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
 """Map changed source files to the kernel objects that must be rebuilt, and say where they link.
 
-* ``foo.c`` → ``foo.o`` in the same directory, after checking the directory's
-  kbuild Makefile lists it under a goal the config enables (a single-object
-  build compiles any object, even one the config leaves out, so this check is
-  what tells "not in this kernel" apart);
+* ``foo.c`` → ``foo.o`` in the same directory, after checking that this kernel
+  builds it (a single-object build compiles any object, even one the config
+  leaves out, so this check is what tells "not in this kernel" apart).  The
+  caller's decider answers that — ``debuginfo.decide_goal`` reads the
+  distribution's debuginfo — and the kbuild Makefile reader below is the
+  fallback.  A file from which this kernel builds no object is *skipped*, not
+  refused: one fix can touch drivers a flavour leaves out;
 * a header → every object whose kbuild dependency record (``deps_<obj>`` in
   ``.<obj>.cmd``) names it.  A tree prepared with ``modules_prepare`` holds few
   objects, so ``headers.py`` first compiles every object that could include the
@@ -20,10 +23,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree
 
+# Top directories a patch may touch (a selftest next to a fix) from which no kernel object is built.
+OUTSIDE_KERNEL_DIRS = ("Documentation/", "tools/")
 # Directories whose .cmd files describe host tools, not kernel objects.
 _HOST_DIRS = ("scripts/", "tools/", "usr/")
 _ASSIGN_RE = re.compile(r"^\s*([^\s#=:+?][^=#]*?)\s*(::=|:=|\+=|\?=|=)\s*(.*)$")
@@ -39,6 +44,11 @@ class Goal:
     kind: str  # "vmlinux" | "module" | "unconfigured" | "unlisted" | "undecided"
     module: Optional[str] = None
     reason: str = ""
+    decided_by: str = "Makefile"  # which source answered: "vmlinux DWARF", "xfs.ko DWARF", "modules.order", ...
+
+
+# Where an object links: (tree root, tree-relative object, kernel config) -> Goal.
+GoalDecider = Callable[[Path, str, Dict[str, str]], Goal]
 
 
 @dataclass
@@ -48,6 +58,7 @@ class ObjectMap:
     objects: Dict[str, List[str]] = field(default_factory=dict)  # changed file -> objects to rebuild
     goals: Dict[str, Goal] = field(default_factory=dict)  # object -> where it links
     undecided: Dict[str, str] = field(default_factory=dict)  # changed file -> why no answer
+    skipped: Dict[str, str] = field(default_factory=dict)  # changed file this kernel builds nothing from -> why
     # header -> how its object list was decided.  There is no "partial" answer: a header's list
     # comes from the dependency records of every object that could include it, or it is refused.
     header_basis: Dict[str, str] = field(default_factory=dict)
@@ -313,44 +324,53 @@ def tree_fully_built(tree_root: Path) -> bool:
 
 
 def objects_for_sources(tree: PreparedTree, files: Sequence[str], extra_cflags: str = "", jobs: int = 2,
-                        full_build_fallback: bool = False) -> ObjectMap:
+                        full_build_fallback: bool = False, decide: Optional[GoalDecider] = None) -> ObjectMap:
     """Objects to rebuild for changed ``files`` (tree-relative), with what could not be decided.
 
     A changed header may compile objects in the tree (unpatched) to read their dependency
     records, with ``extra_cflags`` as KCFLAGS so that a build with the same flags reuses them;
     ``full_build_fallback`` allows the full build of the tree when that is the only way to know
-    (else KbuildError names the header).
+    (else KbuildError names the header).  ``decide`` says where an object links (default: the
+    kbuild Makefiles).
     """
     result = ObjectMap()
+    decide = decide or object_goal
     with tree.log.step("objects-for-sources", f"{len(files)} files") as res:
         config = read_config(tree.root)
-        headers = [f for f in files if f.endswith(".h")]
+
+        def goal_of(obj: str) -> Goal:
+            return decide(tree.root, obj, config)  # type: ignore[misc]
+
+        headers = [f for f in files if f.endswith(".h") and not f.startswith(OUTSIDE_KERNEL_DIRS)]
         for rel in files:
-            if rel.endswith(".c"):
-                _map_c_source(tree.root, rel, config, result)
+            if rel.startswith(OUTSIDE_KERNEL_DIRS):
+                result.skipped[rel] = "documentation and user-space tools are no part of the kernel's objects"
+            elif rel.endswith(".c"):
+                _map_c_source(tree.root, rel, goal_of, result)
             elif rel.endswith((".S", ".s")):
                 result.undecided[rel] = "assembly changes cannot be live-patched (kpatch refuses them too)"
             elif not rel.endswith(".h"):
                 result.undecided[rel] = "not a C source or header: build-system and data files cannot be live-patched"
         if headers:
-            _map_headers(tree, headers, config, result, extra_cflags, jobs, full_build_fallback)
-        res.detail = f"{len(result.all_objects)} objects, {len(result.undecided)} undecided"
+            _map_headers(tree, headers, config, result, extra_cflags, jobs, full_build_fallback, decide)
+        res.detail = (f"{len(result.all_objects)} objects, {len(result.skipped)} files skipped, "
+                      f"{len(result.undecided)} undecided")
     return result
 
 
-def _map_c_source(root: Path, rel: str, config: Dict[str, str], result: ObjectMap) -> None:
+def _map_c_source(root: Path, rel: str, goal_of: Callable[[str], Goal], result: ObjectMap) -> None:
     if not (root / rel).is_file():
         result.undecided[rel] = f"{rel} does not exist in the tree"
         return
     obj = rel[:-2] + ".o"
-    goal = object_goal(root, obj, config)
+    goal = goal_of(obj)
     if goal.kind == "unconfigured":
-        result.undecided[rel] = f"{obj} is not built by this kernel's config ({goal.reason})"
+        result.skipped[rel] = f"{obj} is not built by this kernel ({goal.reason}; decided by {goal.decided_by})"
         return
     if goal.kind == "unlisted":
         includers = _including_files(root, rel)
         if includers:
-            _map_included_source(root, rel, includers, config, result)
+            _map_included_source(rel, includers, goal_of, result)
             return
     if goal.kind in ("unlisted", "undecided"):
         result.undecided[rel] = f"cannot tell whether {obj} is built: {goal.reason}"
@@ -370,25 +390,26 @@ def _including_files(root: Path, rel: str) -> List[str]:
                   if sibling.name != os.path.basename(rel) and needle.search(sibling.read_text(errors="replace")))
 
 
-def _map_included_source(root: Path, rel: str, includers: List[str], config: Dict[str, str],
-                         result: ObjectMap) -> None:
+def _map_included_source(rel: str, includers: List[str], goal_of: Callable[[str], Goal], result: ObjectMap) -> None:
     """Map a #included .c to the objects of the files including it: its code is compiled there."""
     objects = []
-    for including in includers:
-        obj = including[:-2] + ".o"
-        goal = object_goal(root, obj, config)
+    goals = {including: goal_of(including[:-2] + ".o") for including in includers}
+    for including, goal in goals.items():
         if goal.kind in ("vmlinux", "module"):
-            objects.append(obj)
-            result.goals[obj] = goal
+            objects.append(including[:-2] + ".o")
+            result.goals[including[:-2] + ".o"] = goal
     if not objects:
-        result.undecided[rel] = (f"{rel} is #included by {', '.join(includers)}, none of which this kernel's "
-                                 "config builds")
+        if all(goal.kind == "unconfigured" for goal in goals.values()):
+            result.skipped[rel] = f"{rel} is #included by {', '.join(includers)}, none of which this kernel builds"
+        else:
+            result.undecided[rel] = (f"{rel} is #included by {', '.join(includers)}, and none is known to be "
+                                     f"built: {'; '.join(g.reason for g in goals.values() if g.reason)}")
         return
     result.objects[rel] = objects
 
 
 def _map_headers(tree: PreparedTree, headers: List[str], config: Dict[str, str], result: ObjectMap,
-                 extra_cflags: str, jobs: int, full_build_fallback: bool) -> None:
+                 extra_cflags: str, jobs: int, full_build_fallback: bool, decide: GoalDecider) -> None:
     # Imported here: headers.py builds on this module's Makefile evaluation.
     from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.headers import map_headers
 
@@ -398,9 +419,12 @@ def _map_headers(tree: PreparedTree, headers: List[str], config: Dict[str, str],
     present = [h for h in headers if h not in result.undecided]
     if not present:
         return
-    for header, (objects, basis) in map_headers(tree, present, config, extra_cflags=extra_cflags, jobs=jobs,
-                                                full_build_fallback=full_build_fallback).items():
+    found = map_headers(tree, present, config, extra_cflags=extra_cflags, jobs=jobs,
+                        full_build_fallback=full_build_fallback, decide=decide)
+    for header, (objects, basis) in found.items():
         result.objects[header] = objects
         result.header_basis[header] = basis
+        if not objects:
+            result.skipped[header] = f"no object this kernel builds includes it ({basis})"
         for obj in objects:
-            result.goals.setdefault(obj, object_goal(tree.root, obj, config))
+            result.goals.setdefault(obj, decide(tree.root, obj, config))

@@ -14,6 +14,11 @@ SIGKILL leaves the journal behind; the next ``prepare_tree`` or
 Restored files get a fresh mtime on purpose: kbuild then rebuilds the objects
 compiled from the patched text instead of trusting them.
 
+A patch applies exactly by default (fuzz 0: every context line must match; GNU patch
+may still place a hunk at an offset).  ``fuzz`` 1-2 lets hunks whose outer context
+lines drifted apply, as kpatch-build's plain ``patch`` does; every hunk placed at an
+offset or with fuzz is reported (``HunkAdjustment``), so the user can check it.
+
 Files are "unshared" (copied and renamed over themselves) before a patch edits
 them, so a hard-linked cache can never write through to the pristine source.
 """
@@ -35,6 +40,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, run_logged
 
 JOURNAL_DIR = "patch-journal"
+MAX_FUZZ = 2  # GNU patch's own default and kpatch-build's: more would ignore most of a hunk's context
 SOURCE_SUFFIXES = (".c",)
 HEADER_SUFFIXES = (".h",)
 ASSEMBLY_SUFFIXES = (".S", ".s")
@@ -116,24 +122,66 @@ def changed_files(patch: Path) -> PatchFiles:
     )
 
 
+@dataclass(frozen=True)
+class HunkAdjustment:
+    """A hunk that did not apply at its stated line with all its context: where and how it went in."""
+
+    patch: str
+    file: str
+    hunk: int
+    line: int  # where the hunk was applied
+    offset: int  # lines from where the patch said
+    fuzz: int  # context lines ignored
+
+    def describe(self) -> str:
+        how = [f"offset {self.offset:+d}"] if self.offset else []
+        how += [f"fuzz {self.fuzz}"] if self.fuzz else []
+        return f"{Path(self.patch).name}: {self.file} hunk #{self.hunk} at line {self.line} ({', '.join(how)})"
+
+
+@dataclass(frozen=True)
+class AppliedPatch:
+    """One patch as applied: the files it touches and the hunks that needed an offset or fuzz."""
+
+    files: PatchFiles
+    adjustments: Tuple[HunkAdjustment, ...] = ()
+
+
 _FILE_RE = re.compile(r"^(?:checking|patching) file (.+?)\s*$")
 _PROBLEM_RE = re.compile(r"^(Hunk #\d+ FAILED at \d+.*|Reversed \(or previously applied\) patch detected.*|"
                          r"can't find file to patch.*|No file to patch.*|.*malformed patch.*|"
                          r"Only garbage was found in the patch input\.|File .* is not a regular file.*)$")
 
 
-def describe_patch_failure(output: str) -> str:
-    """Turn GNU patch output into 'file: hunk #N FAILED at L' lines."""
+_SUCCEEDED_RE = re.compile(r"^Hunk #(\d+) succeeded at (\d+)(?: with fuzz (\d+))?(?: \(offset (-?\d+) lines?\))?\.")
+
+
+def _lines_by_file(output: str) -> Iterator[Tuple[str, str]]:
+    """``(file, line)`` for each line of GNU patch output, the file being the one it was checking."""
     current = "?"
-    problems: List[str] = []
     for line in output.splitlines():
         m = _FILE_RE.match(line)
         if m:
             current = m.group(1).strip("'")
             continue
-        m = _PROBLEM_RE.match(line.strip())
+        yield current, line.strip()
+
+
+def hunk_adjustments(output: str, patch: Path) -> List[HunkAdjustment]:
+    """The hunks GNU patch reports as applied at an offset or with fuzz (exact hunks print nothing)."""
+    found: List[HunkAdjustment] = []
+    for current, line in _lines_by_file(output):
+        m = _SUCCEEDED_RE.match(line)
         if m:
-            problems.append(f"{current}: {m.group(1)}")
+            found.append(HunkAdjustment(patch=str(patch), file=current, hunk=int(m.group(1)), line=int(m.group(2)),
+                                        offset=int(m.group(4) or 0), fuzz=int(m.group(3) or 0)))
+    return found
+
+
+def describe_patch_failure(output: str) -> str:
+    """Turn GNU patch output into 'file: hunk #N FAILED at L' lines."""
+    problems = [f"{current}: {m.group(1)}" for current, m in
+                ((current, _PROBLEM_RE.match(line)) for current, line in _lines_by_file(output)) if m]
     return "; ".join(problems) if problems else output.strip()[-600:]
 
 
@@ -146,16 +194,33 @@ def _patch_argv(patch: Path, root: Path, fuzz: int, reverse: bool, dry_run: bool
     return argv + (["--dry-run"] if dry_run else [])
 
 
-def _run_patch(tree: PreparedTree, patch: Path, fuzz: int, reverse: bool) -> None:
+def check_fuzz(fuzz: int) -> int:
+    """``fuzz`` as an int in 0..MAX_FUZZ, else KbuildError."""
+    if isinstance(fuzz, bool) or not isinstance(fuzz, int) or not 0 <= fuzz <= MAX_FUZZ:
+        raise KbuildError(f"fuzz must be 0, 1 or {MAX_FUZZ} (context lines a hunk may ignore), not {fuzz!r}")
+    return fuzz
+
+
+def _fuzz_hint(tree: PreparedTree, patch: Path, fuzz: int, reverse: bool) -> str:
+    """' (it applies with fuzz N: ...)' when more fuzz would apply the patch; nothing is written."""
+    for more in range(fuzz + 1, MAX_FUZZ + 1):
+        if run_logged(tree.log, _patch_argv(patch, tree.root, more, reverse, True), check=False).returncode == 0:
+            return f" (it applies with fuzz {more}: set fuzz to {more} after checking the hunks by hand)"
+    return ""
+
+
+def _run_patch(tree: PreparedTree, patch: Path, fuzz: int, reverse: bool) -> List[HunkAdjustment]:
     """Dry run, then the real run; a dry-run failure leaves the tree untouched."""
     verb = "reverse" if reverse else "apply"
+    fuzz = check_fuzz(fuzz)
     dry = run_logged(tree.log, _patch_argv(patch, tree.root, fuzz, reverse, True), check=False)
     if dry.returncode != 0:
         raise KbuildError(f"patch {patch} does not {verb} cleanly to {tree.root} (fuzz {fuzz}): "
-                          f"{describe_patch_failure(dry.stdout)}")
+                          f"{describe_patch_failure(dry.stdout)}{_fuzz_hint(tree, patch, fuzz, reverse)}")
     real = run_logged(tree.log, _patch_argv(patch, tree.root, fuzz, reverse, False), check=False)
     if real.returncode != 0:
         raise KbuildError(f"patch {patch} failed to {verb} after a clean dry run: {describe_patch_failure(real.stdout)}")
+    return hunk_adjustments(real.stdout, patch)
 
 
 def unshare(path: Path) -> None:
@@ -166,14 +231,15 @@ def unshare(path: Path) -> None:
         os.replace(tmp, path)
 
 
-def apply_patch(tree: PreparedTree, patch: Path, fuzz: int = 0) -> PatchFiles:
+def apply_patch(tree: PreparedTree, patch: Path, fuzz: int = 0) -> AppliedPatch:
     """Apply one patch (dry run first).  Use inside ``patched_tree``, which guarantees the restore."""
     files = changed_files(patch)
-    with tree.log.step("apply-patch", f"{patch} ({len(files.all)} files)"):
+    with tree.log.step("apply-patch", f"{patch} ({len(files.all)} files, fuzz {fuzz})") as res:
         for rel in files.all:
             unshare(tree.root / rel)
-        _run_patch(tree, Path(patch), fuzz, reverse=False)
-    return files
+        adjustments = _run_patch(tree, Path(patch), fuzz, reverse=False)
+        res.detail = "; ".join(a.describe() for a in adjustments) or "every hunk exact"
+    return AppliedPatch(files, tuple(adjustments))
 
 
 def reverse_patch(tree: PreparedTree, patch: Path, fuzz: int = 0) -> PatchFiles:
@@ -311,8 +377,9 @@ def _signals_blocked() -> Iterator[None]:
 
 
 @contextmanager
-def patched_tree(tree: PreparedTree, patches: Sequence[Path], fuzz: int = 0) -> Iterator[List[PatchFiles]]:
+def patched_tree(tree: PreparedTree, patches: Sequence[Path], fuzz: int = 0) -> Iterator[List[AppliedPatch]]:
     """Apply ``patches`` in order for the duration of the block; the tree is pristine afterwards."""
+    check_fuzz(fuzz)
     patches = [Path(p) for p in patches]
     if not patches:
         raise KbuildError("patched_tree: no patches given")
@@ -324,9 +391,7 @@ def patched_tree(tree: PreparedTree, patches: Sequence[Path], fuzz: int = 0) -> 
             with tree.log.step("journal", f"{len(files)} files"):
                 write_journal(tree, patches, files)
             try:
-                for patch in patches:
-                    apply_patch(tree, patch, fuzz)
-                yield parsed
+                yield [apply_patch(tree, patch, fuzz) for patch in patches]
             finally:
                 with _signals_blocked(), tree.log.step("restore-pristine", f"{len(files)} files"):
                     restore_journal(tree)

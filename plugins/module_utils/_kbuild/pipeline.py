@@ -21,92 +21,42 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import (
-    SourceAcquisition,
-    acquire_source,
-    source_request,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
     check_compiler,
     host_compiler,
     kernel_compiler,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
-    build_patch_module,
-    kmod_sources,
-    module_name,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
     objtool_runs_on_linked_module,
     strip_objtool_output,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
-    KbuildError,
-    StepLog,
-    run_logged,
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs import (
+    NoChangesError,
+    compile_kernel,
+    compile_oot,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
+    BuildRequest,
+    check_inputs,
+    is_pkcs11,
+    sign_file_path,
+    signature_hash,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import (
-    build_objects,
-    changed_files,
-    objects_for_sources,
-    patched_tree,
-    prepare_tree,
-    sha256_file,
-    source_identity,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file, source_identity
 
 # Bumped when the cache layout or the meaning of a cached result changes.
 CACHE_FORMAT = 1
 FUNCTION_SECTIONS = "-ffunction-sections -fdata-sections"
-# Objects kpatch refuses for good reasons: lib/ objects may be archive members linked only when
-# used, so a function there may not exist in vmlinux at all, or exist in several copies.
-REFUSED_DIRS = ("lib/", "arch/x86/lib/")
 # What follows ".ko" in a module file name: plain, or compressed the ways distros ship them.
 MODULE_SUFFIXES = ("", ".xz", ".gz", ".zst")
-
-
-class NoChangesError(KbuildError):
-    """The patches change no function: nothing to live patch."""
-
-
-@dataclass
-class BuildRequest:
-    """Everything one build needs; paths are on the build host."""
-
-    patches: List[Path]
-    release: str
-    source_dir: Path
-    config: Path
-    vmlinux: Path
-    headers: Path
-    cache_dir: Path
-    output_dir: Path
-    name: Optional[str] = None
-    replace: bool = True
-    modules_dir: Optional[Path] = None
-    jobs: int = 2
-    skip_compiler_check: bool = False
-    signing_key: Optional[Path] = None
-    signing_cert: Optional[Path] = None
-    # A patched header included by too many objects to compile them one by one needs one full
-    # build of the cached tree (about 10 minutes for vmlinux on 2 cores, then cached); False
-    # refuses such a patch instead.
-    full_build_fallback: bool = True
-    # Set when no source_dir was given: source_dir is then where acquire_source puts the tree.
-    acquire: Optional[SourceAcquisition] = None
-
-    @property
-    def module_name(self) -> str:
-        if self.name:
-            return module_name(self.name)
-        stem = Path(self.patches[0]).name
-        for suffix in (".patch", ".diff"):
-            stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-        return module_name(f"livepatch-{stem}")
 
 
 @dataclass
@@ -137,68 +87,16 @@ class BuildResult:
     log: str = ""
     cache_key: str = ""
     source_dir: str = ""
+    # Hunks applied at an offset or with fuzz (patch, file, hunk, line, offset, fuzz).
+    hunk_adjustments: List[Dict[str, object]] = field(default_factory=list)
+    # Changed files from which this kernel builds no object (file, reason): not patched, not refused.
+    skipped_files: List[Dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
 
 
 # --------------------------------------------------------------------------- inputs and cache
-
-
-def check_inputs(req: BuildRequest) -> None:
-    """Every named input exists and the kernel can take live patches — before any work."""
-    if not req.patches:
-        raise KbuildError("no patch given")
-    for patch in req.patches:
-        if not Path(patch).is_file():
-            raise KbuildError(f"patch {patch} does not exist")
-    # patch(1) runs inside the tree: relative names must not depend on the caller's directory.
-    req.patches = [Path(p).resolve() for p in req.patches]
-    # An acquired source is fetched after these checks (and only when the module is not cached).
-    source_check = (req.source_dir / "Makefile", f"kernel source tree {req.source_dir} (no Makefile there)")
-    checks = [] if req.acquire else [source_check]
-    checks += [(req.config, f"kernel config {req.config}"),
-               (req.vmlinux, f"vmlinux with debug symbols {req.vmlinux} (install the kernel's debuginfo/-dbg package)"),
-               (req.headers / "Makefile", f"kernel headers {req.headers} (no Makefile there)")]
-    for path, what in checks:
-        if not Path(path).exists():
-            raise KbuildError(f"missing {what}")
-    config = Path(req.config).read_text(errors="replace")
-    if "CONFIG_LIVEPATCH=y" not in config:
-        raise KbuildError(f"kernel {req.release} has no CONFIG_LIVEPATCH=y in {req.config}: it cannot load livepatch modules")
-    if bool(req.signing_key) != bool(req.signing_cert):
-        raise KbuildError("signing needs both signing_key and signing_cert")
-    if req.signing_key:
-        check_signing_inputs(req)
-
-
-def _is_pkcs11(key: object) -> bool:
-    return str(key).startswith("pkcs11:")
-
-
-def sign_file_path(req: BuildRequest) -> Path:
-    return Path(req.headers) / "scripts" / "sign-file"
-
-
-def signature_hash(req: BuildRequest) -> str:
-    """The kernel's module signature digest (``CONFIG_MODULE_SIG_HASH``), sha256 when not set."""
-    for line in Path(req.config).read_text(errors="replace").splitlines():
-        if line.startswith("CONFIG_MODULE_SIG_HASH="):
-            return line.split("=", 1)[1].strip().strip('"') or "sha256"
-    return "sha256"
-
-
-def check_signing_inputs(req: BuildRequest) -> None:
-    """The signing key, its certificate and the release's ``sign-file`` exist (no compile before this)."""
-    sign_file = sign_file_path(req)
-    if not sign_file.is_file():
-        raise KbuildError(f"cannot sign: {sign_file} not found in the kernel headers {req.headers} "
-                          "(Debian ships it in linux-kbuild-X.Y)")
-    if not _is_pkcs11(req.signing_key) and not Path(str(req.signing_key)).is_file():
-        raise KbuildError(f"signing_key {req.signing_key} does not exist (a PEM private key file or a pkcs11: URI)")
-    if not Path(str(req.signing_cert)).is_file():
-        raise KbuildError(f"signing_cert {req.signing_cert} does not exist (the X.509 certificate of signing_key, "
-                          "PEM or DER)")
 
 
 def _code_identity() -> str:
@@ -225,10 +123,12 @@ def cache_key(req: BuildRequest) -> str:
         "vmlinux": [vm.st_size, int(vm.st_mtime)],
         "name": req.module_name,
         "replace": req.replace,
+        "fuzz": req.fuzz,
         "signed": _signing_identity(req),
         "compiler": build_compiler(req),
         "code": _code_identity(),
-        "source": req.acquire.identity if req.acquire else source_identity(Path(req.source_dir)),
+        "source": (oot_identity(req.oot) if req.oot else req.acquire.identity if req.acquire
+                   else source_identity(Path(req.source_dir))),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -237,7 +137,7 @@ def _signing_identity(req: BuildRequest) -> Optional[List[str]]:
     """Certificate and key of a signed build: a module signed with one key is never returned for another."""
     if not req.signing_key or not req.signing_cert:
         return None
-    key = str(req.signing_key) if _is_pkcs11(req.signing_key) else sha256_file(Path(str(req.signing_key)))
+    key = str(req.signing_key) if is_pkcs11(req.signing_key) else sha256_file(Path(str(req.signing_key)))
     return [sha256_file(Path(str(req.signing_cert))), key, signature_hash(req)]
 
 
@@ -271,48 +171,50 @@ def cached_result(req: BuildRequest, key: str) -> Optional[BuildResult]:
 # --------------------------------------------------------------------------- steps
 
 
-def parent_of(goal_kind: str, goal_module: Optional[str], obj: str) -> str:
-    """The livepatch object an object's functions live in: vmlinux or the module's name."""
-    if any(obj.startswith(d) for d in REFUSED_DIRS):
-        raise KbuildError(f"{obj}: changes under {', '.join(REFUSED_DIRS)} are not supported (library objects "
-                          "are linked only where used, so the patched function may not be in the kernel, or be there twice)")
-    if goal_kind == "module" and goal_module:
-        return goal_module.replace("-", "_")
-    if goal_kind == "vmlinux":
-        return "vmlinux"
-    raise KbuildError(f"{obj}: cannot tell whether it links into vmlinux or a module ({goal_kind})")
-
-
 def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> Path:
     """The release's own ``<module>.ko`` (its symbol table is the parent for lookups).
 
     Distros ship modules compressed (Debian 6.12: ``.ko.xz``; others ``.ko.zst``/``.ko.gz``);
     a compressed one is unpacked into ``scratch`` and that plain copy is returned.
     """
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
-        ModinfoError,
-        decompress_module,
-    )
-
     if modules_dir is None or not Path(modules_dir).is_dir():
         raise KbuildError(f"the patch changes module {module}, but no modules directory was given "
                           f"(/lib/modules/<release> of the target kernel)")
     names = {module, module.replace("_", "-")}
     for path in sorted(Path(modules_dir).rglob("*.ko*")):
         base, _sep, suffix = path.name.partition(".ko")
-        if base not in names or suffix not in MODULE_SUFFIXES:
-            continue
-        if not suffix:
-            return path
-        try:
-            plain = decompress_module(str(path), path.read_bytes())
-        except ModinfoError as exc:
-            raise KbuildError(str(exc)) from exc
-        scratch.mkdir(parents=True, exist_ok=True)
-        dest = scratch / f"{base}.ko"
-        dest.write_bytes(plain)
-        return dest
+        if base in names and suffix in MODULE_SUFFIXES:
+            return plain_module(path, scratch)
     raise KbuildError(f"module {module}.ko (plain, .xz, .gz or .zst) not found under {modules_dir}")
+
+
+def plain_module(path: Path, scratch: Path) -> Path:
+    """``path`` when it is a plain ``.ko``, else its contents unpacked into ``scratch``."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
+        ModinfoError,
+        decompress_module,
+    )
+
+    base, _sep, suffix = Path(path).name.partition(".ko")
+    if not suffix:
+        return Path(path)
+    try:
+        plain = decompress_module(str(path), Path(path).read_bytes())
+    except ModinfoError as exc:
+        raise KbuildError(str(exc)) from exc
+    scratch.mkdir(parents=True, exist_ok=True)
+    dest = scratch / f"{base}.ko"
+    dest.write_bytes(plain)
+    return dest
+
+
+def _parent_file(req: BuildRequest, parent: str, scratch: Path) -> Path:
+    """vmlinux, the out-of-tree module being patched, or the release's own module ``parent``."""
+    if parent == "vmlinux":
+        return Path(req.vmlinux)
+    if req.oot and parent == req.oot.name:
+        return plain_module(req.oot.ko, scratch)
+    return find_module_ko(req.modules_dir, parent, scratch)
 
 
 def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched_dir: Path,
@@ -328,8 +230,7 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     for index, (obj, parent) in enumerate(sorted(pairs.items())):
         with log.step("diff-object", obj) as res:
             if parent not in symtabs:
-                source = (req.vmlinux if parent == "vmlinux"
-                          else find_module_ko(req.modules_dir, parent, out_dir.parent / "parents"))
+                source = _parent_file(req, parent, out_dir.parent / "parents")
                 symtabs[parent] = load_parent_symtab(str(source), parent)
             out = out_dir / f"output-{index}-{Path(obj).stem}.o"
             result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
@@ -463,37 +364,16 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         res.detail = " ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
     _timed(timings, "checks", t)
     t = time.monotonic()
-    trees = Path(req.cache_dir) / "trees"
-    if not compiler.matches:
-        # The shared tree is configured for the kernel's compiler (CONFIG_CC_VERSION_TEXT): kbuild
-        # would reconfigure it in place for another one. That compiler gets a tree of its own.
-        trees = Path(req.cache_dir) / "trees-by-compiler" / hashlib.sha256(compiler.host.encode()).hexdigest()[:16]
-        log.note("prepare-tree", f"compiler '{compiler.host}' is not the kernel's: tree under {trees}")
-    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs)
-    _timed(timings, "prepare_tree", t)
-    t = time.monotonic()
-    files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
     # The same flags for the header mapping's compiles as for the build below: kbuild then finds
     # the objects it compiled up to date instead of compiling them again.
     cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
-    objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,
-                                 full_build_fallback=req.full_build_fallback)
-    if objmap.undecided:
-        raise KbuildError("cannot live patch: " + "; ".join(f"{f}: {why}" for f, why in sorted(objmap.undecided.items())))
-    unmapped = [f for f in files if f.endswith(".h") and f not in objmap.header_basis]
-    if unmapped:
-        # Never build from a partial list: a header without a complete answer stops the build.
-        raise KbuildError(f"cannot live patch: no complete list of the objects that include {', '.join(unmapped)}")
-    for header, basis in sorted(objmap.header_basis.items()):
-        log.note("header-objects", f"{header}: {' '.join(objmap.objects[header]) or '-'} ({basis})")
-    pairs = {obj: parent_of(objmap.goals[obj].kind, objmap.goals[obj].module, obj) for obj in objmap.all_objects}
-    if not pairs:
-        raise NoChangesError(f"the patches touch no kernel object: {', '.join(files)}")
-    orig_dir, patched_dir, out_dir = work / "orig", work / "patched", work / "output"
+    compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
+                else compile_kernel(req, log, work, None if compiler.matches else compiler.host, cflags, timings))
+    pairs, orig_dir, patched_dir = compiled.pairs, compiled.orig_dir, compiled.patched_dir
+    out_dir = work / "output"
     out_dir.mkdir(parents=True)
-    build_objects(tree, sorted(pairs), cflags, orig_dir, jobs=req.jobs)
-    with patched_tree(tree, [Path(p) for p in req.patches]):
-        build_objects(tree, sorted(pairs), cflags, patched_dir, jobs=req.jobs)
+    for adjusted in compiled.adjustments:
+        log.note("hunk-adjusted", adjusted.describe())
     _timed(timings, "compile", t)
     t = time.monotonic()
     diffs = run_engine(req, pairs, orig_dir, patched_dir, out_dir, sizes, log)
@@ -515,7 +395,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")
     with log.step("check-objtool-sites") as res:
-        sites = check_objtool_sites(klp_ko, config_text, tree.root)
+        sites = check_objtool_sites(klp_ko, config_text, compiled.source_root)
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
     if req.signing_key:
         sign_module(req, klp_ko, log)
@@ -527,50 +407,5 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                           "the headers do not belong to this release")
     return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=sha256_file(ko), vermagic=info.vermagic,
                        release=req.release, replace=req.replace, cached=False, objects=diffs, log=str(log.path),
-                       cache_key=key)
-
-
-def debian_defaults(release: str, root: Path = Path("/")) -> Dict[str, Path]:
-    """Where a Debian build host keeps a release's config, vmlinux, headers and modules."""
-    return {
-        "config": root / "boot" / f"config-{release}",
-        "vmlinux": root / "usr" / "lib" / "debug" / "boot" / f"vmlinux-{release}",
-        "headers": root / "usr" / "src" / f"linux-headers-{release}",
-        "modules_dir": root / "lib" / "modules" / release,
-    }
-
-
-def default_config(boot_config: Path, headers: Path) -> Path:
-    """``/boot/config-<release>``, else the headers' ``.config`` (the config the kernel was built with:
-    Debian's adds only CONFIG_BUILD_SALT and the module-signing settings of its build)."""
-    headers_config = Path(headers) / ".config"
-    return headers_config if not Path(boot_config).is_file() and headers_config.is_file() else Path(boot_config)
-
-
-def request_from_params(params: Dict[str, object], running_release: str) -> BuildRequest:
-    """BuildRequest from the kpatch_build module's parameters, with Debian-style defaults."""
-    release = str(params.get("release") or running_release)
-    defaults = debian_defaults(release)
-
-    def path_or(key: str, default: Optional[Path]) -> Optional[Path]:
-        value = params.get(key)
-        return Path(str(value)) if value else default
-
-    headers = path_or("headers", defaults["headers"])
-    cache_dir = path_or("cache_dir", Path("/var/cache/kpatch-build"))
-    source = path_or("source_dir", None)
-    acquire = None
-    if source is None:  # the distro's own source of the exact package version, fetched into the cache
-        acquire = source_request(release, cache_dir, str(params.get("package_version") or "") or None)  # type: ignore[arg-type]
-        source = acquire.final_dir
-    patches: Sequence[object] = params.get("patches") or []  # type: ignore[assignment]
-    return BuildRequest(
-        patches=[Path(str(p)) for p in patches], release=release, source_dir=source, acquire=acquire,
-        config=path_or("config", default_config(defaults["config"], headers)),  # type: ignore[arg-type]
-        vmlinux=path_or("vmlinux", defaults["vmlinux"]), headers=headers, cache_dir=cache_dir,  # type: ignore[arg-type]
-        output_dir=path_or("output_dir", Path("/var/lib/kpatch-build/modules")), name=params.get("name") or None,  # type: ignore[arg-type]
-        replace=bool(params.get("replace", True)), modules_dir=path_or("modules_dir", defaults["modules_dir"]),
-        jobs=int(params.get("jobs") or 2), skip_compiler_check=bool(params.get("skip_compiler_check")),
-        signing_key=path_or("signing_key", None), signing_cert=path_or("signing_cert", None),
-        full_build_fallback=bool(params.get("full_build_fallback", True)),
-    )
+                       cache_key=key, hunk_adjustments=[asdict(a) for a in compiled.adjustments],
+                       skipped_files=[{"file": f, "reason": why} for f, why in sorted(compiled.skipped.items())])

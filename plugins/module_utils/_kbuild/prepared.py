@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import StepLog
 
@@ -41,6 +41,9 @@ class PreparedTree:
     reused: bool
     seconds: float
     log: StepLog
+    # Set for an out-of-tree module's source copy: make runs in this kernel build directory (the
+    # release's headers) with M=<root>, as the module's own build does.
+    kbuild_dir: Optional[Path] = None
 
     @property
     def state_dir(self) -> Path:
@@ -49,7 +52,8 @@ class PreparedTree:
 
     def make_argv(self, targets: Sequence[str], jobs: int = 2, extra: Sequence[str] = ()) -> List[str]:
         """``make`` command line for ``targets`` run in this tree with the release variables."""
-        return ["make", "-C", str(self.root), f"-j{max(1, int(jobs))}", *self.make_vars, *extra, *targets]
+        where = ["-C", str(self.kbuild_dir), f"M={self.root}"] if self.kbuild_dir else ["-C", str(self.root)]
+        return ["make", *where, f"-j{max(1, int(jobs))}", *self.make_vars, *extra, *targets]
 
 
 # Locks this process already holds, by state directory, with their nesting depth:

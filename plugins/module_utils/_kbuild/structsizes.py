@@ -18,8 +18,6 @@ vmlinux's size and mtime.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Set, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cachefile import (
+    file_key,
+    read_keyed_json,
+    write_keyed_json,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 try:
@@ -131,11 +134,6 @@ def _cache_file(cache_dir: Path, release: str) -> Path:
     return Path(cache_dir) / release / "struct-sizes.json"
 
 
-def _vmlinux_key(vmlinux: Path) -> str:
-    st = os.stat(vmlinux)
-    return f"{os.path.realpath(vmlinux)}:{st.st_size}:{st.st_mtime_ns}"
-
-
 def special_struct_sizes(vmlinux: Path, release: str, cache_dir: Path, config: Optional[Path] = None,
                          method: str = "auto") -> Dict[str, int]:
     """``{"ALT": 12, "EX": 12, ...}`` for the structs ``config`` needs, measured on ``vmlinux``.
@@ -150,10 +148,10 @@ def special_struct_sizes(vmlinux: Path, release: str, cache_dir: Path, config: O
         raise KbuildError(f"vmlinux {vmlinux} does not exist (install the kernel's -dbg/-debuginfo package)")
     required = required_structs(config)
     cache = _cache_file(cache_dir, release)
-    key = {"format": CACHE_FORMAT, "vmlinux": _vmlinux_key(vmlinux), "required": sorted(required)}
-    cached = _read_cache(cache, key)
-    if cached is not None:
-        return cached
+    key: Dict[str, object] = {"format": CACHE_FORMAT, "vmlinux": file_key(vmlinux), "required": sorted(required)}
+    cached = read_keyed_json(cache, key)
+    if cached is not None and isinstance(cached.get("sizes"), dict):
+        return {k: int(v) for k, v in cached["sizes"].items()}  # type: ignore[union-attr]
     if method == "pahole" or (method == "auto" and not HAS_PYELFTOOLS):
         by_name = sizes_with_pahole(vmlinux, required.values())
     else:
@@ -163,18 +161,5 @@ def special_struct_sizes(vmlinux: Path, release: str, cache_dir: Path, config: O
         raise KbuildError(f"cannot find {', '.join(missing)} in the DWARF of {vmlinux}; the config enables "
                           "them, so this vmlinux does not match the config or lacks debug info")
     sizes = {k: by_name[name] for k, name in required.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps({**key, "sizes": sizes}, indent=1, sort_keys=True))
-    os.replace(tmp, cache)
+    write_keyed_json(cache, key, {"sizes": sizes})
     return sizes
-
-
-def _read_cache(cache: Path, key: dict) -> Optional[Dict[str, int]]:
-    try:
-        data = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return None
-    if all(data.get(k) == v for k, v in key.items()) and isinstance(data.get("sizes"), dict):
-        return {k: int(v) for k, v in data["sizes"].items()}
-    return None
