@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
 
-PASSED = ("changed", "unchanged")
+PASSED = ("changed", "unchanged", "built")
 
 
 def _case(host):

@@ -153,9 +153,31 @@ options:
   signing_cert:
     description: X.509 certificate (PEM or DER) matching O(signing_key); it identifies the signer in the signature.
     type: path
+  toolchain_root:
+    description:
+      - What to do when the host's gcc is not the compiler recorded in vmlinux's C(.comment).
+      - V(auto) compiles in a toolchain root for a Debian kernel (suite from the release's C(+debN),
+        e.g. C(7.2.13+deb14) is sid, built with gcc-16; releases without it are bookworm's) -
+        C(debootstrap --variant=minbase) of that suite with exactly the kernel's gcc and kbuild's tools,
+        made once per (suite, compiler) under O(cache_dir)C(/toolroots), verified against C(.comment), and
+        reused. Every kbuild command of the build (tree preparation, compiles, the module link, signing)
+        runs inside it, with the build's directories bound at their own paths in a private mount
+        namespace; the diff engine runs on the host. A root whose compiler is not exactly the kernel's
+        fails the build; it needs root, C(debootstrap), C(unshare) and C(chroot) on the build host.
+      - V(never) refuses a different compiler (or uses it with O(skip_compiler_check)).
+    type: str
+    choices: [auto, never]
+    default: auto
+    version_added: 0.2.0
+  toolchain_root_mirror:
+    description:
+      - Debian archive for toolchain roots; default the first Debian archive of the build host's own apt sources.
+    type: str
+    version_added: 0.2.0
   skip_compiler_check:
     description:
-      - Build even when the host's gcc is not the one recorded in vmlinux's C(.comment).
+      - Build even when the host's gcc is not the one recorded in vmlinux's C(.comment) and no toolchain
+        root is made (O(toolchain_root=never), or a kernel that is not Debian's).
       - Dangerous; code compiled by another compiler may not match the running kernel.
       - A compiler other than the kernel's gets its own prepared tree (under C(cache_dir/trees-by-compiler)),
         so the shared tree stays configured for the kernel's compiler; its modules are cached apart.
@@ -360,6 +382,8 @@ ARGUMENT_SPEC = dict(
     signing_key=dict(type="path"),
     signing_cert=dict(type="path", no_log=False),
     skip_compiler_check=dict(type="bool", default=False),
+    toolchain_root=dict(type="str", default="auto", choices=["auto", "never"]),
+    toolchain_root_mirror=dict(type="str"),
     full_build_fallback=dict(type="bool", default=True),
 )
 

@@ -18,6 +18,7 @@ artifacts.  The tests run in order and share the fleet (module scope):
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from typing import Dict, Iterator
 
 import pytest
@@ -62,6 +63,28 @@ def by_host(summary: Dict[str, object]) -> Dict[str, dict]:
     return {h["host"]: h for h in summary["hosts"]}
 
 
+def junit_cases(fleet: Fleet) -> Dict[str, ET.Element]:
+    """The JUnit report the playbook wrote beside the summary, by host."""
+    root = ET.parse(fleet.summary.with_suffix(".junit.xml")).getroot()
+    return {c.get("name"): c for c in root.iter("testcase")}
+
+
+def test_build_only_builds_every_release_and_changes_no_target(fleet):
+    """Runs before the first apply: the CI example's build stage (kpatch_build_only)."""
+    run = fleet.play("apply-livepatch.yml", dict(APPLY_V1, kpatch_build_only=True))
+    assert run.rc == 0, run.tail()
+    hosts = by_host(fleet.load_summary())
+    assert {h["outcome"] for h in hosts.values()} == {"built"}, hosts
+    manifest = json.loads((fleet.artifacts / "manifest.json").read_text())
+    assert {m["release"] for m in manifest["modules"]} == {R61, R612}
+    cases = junit_cases(fleet)
+    assert set(cases) == set(HOSTS) and not any(c.find("failure") is not None for c in cases.values())
+    for host in HOSTS:
+        assert run.changed(host) == 0, f"{host}: {run.recap}"
+        assert enabled_patches(fleet, host) == [] and installed(fleet, host) == []
+        assert fleet.meminfo_lines(host, "^(VMALLOCCHUNK|VmallocChunk):") == ["VmallocChunk"], host
+
+
 def test_apply_patches_every_host_with_one_module_per_release(fleet, first_apply):
     run, summary = first_apply
     assert run.rc == 0, run.tail()
@@ -82,6 +105,9 @@ def test_apply_patches_every_host_with_one_module_per_release(fleet, first_apply
         # The bytes on the host are the bytes in the controller's manifest.
         digest = fleet.ssh(host, f"sha256sum /var/lib/kpatch/{rel}/{V1_MODULE}.ko").split()[0]
         assert digest == builds[rel]["sha256"]
+    cases = junit_cases(fleet)
+    assert set(cases) == set(HOSTS) and not any(c.find("failure") is not None for c in cases.values())
+    assert {c.get("classname") for c in cases.values()} == {f"kpatch.livepatch.{R61}", f"kpatch.livepatch.{R612}"}
 
 
 def test_rerun_changes_nothing(fleet, first_apply):

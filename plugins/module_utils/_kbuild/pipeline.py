@@ -25,7 +25,6 @@ from typing import Dict, List, Optional
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
-    check_compiler,
     host_compiler,
     kernel_compiler,
 )
@@ -48,7 +47,13 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request i
     sign_file_path,
     signature_hash,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
+    KbuildError,
+    StepLog,
+    commands_through,
+    run_logged,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import choose_toolchain, uses_toolchain_root
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file, source_identity
 
@@ -150,7 +155,9 @@ def build_compiler(req: BuildRequest) -> Optional[str]:
     if not req.skip_compiler_check:
         return None
     host = host_compiler()
-    return None if host == kernel_compiler(Path(req.vmlinux)) else host
+    if host == kernel_compiler(Path(req.vmlinux)) or uses_toolchain_root(req):
+        return None  # the kernel's own compiler builds it (on the host, or in a toolchain root)
+    return host
 
 
 def cached_result(req: BuildRequest, key: str) -> Optional[BuildResult]:
@@ -330,7 +337,14 @@ def build_livepatch(req: BuildRequest) -> BuildResult:
     (cache_dir / "work").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{req.module_name}-", dir=cache_dir / "work"))
     try:
-        result = _build(req, key, log, work, timings)
+        t = time.monotonic()
+        with log.step("check-compiler") as res:
+            toolchain = choose_toolchain(req, log, work)
+            res.detail = toolchain.detail
+        _timed(timings, "toolchain", t)
+        # Inside a toolchain root every kbuild command of the build runs there (steplog.run_logged).
+        with commands_through(toolchain.wrapper):
+            result = _build(req, key, log, work, timings, toolchain.other_compiler)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.source_dir = str(req.source_dir)
@@ -348,14 +362,12 @@ def _timed(timings: Dict[str, float], name: str, start: float) -> None:
     timings[name] = round(time.monotonic() - start, 3)
 
 
-def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[str, float]) -> BuildResult:
+def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[str, float],
+           other_compiler: Optional[str]) -> BuildResult:
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
     from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import read_modinfo
 
     t = time.monotonic()
-    with log.step("check-compiler") as res:
-        compiler = check_compiler(Path(req.vmlinux), skip_compiler_check=req.skip_compiler_check)
-        res.detail = compiler.host if compiler.matches else f"kernel '{compiler.kernel}', host '{compiler.host}' (skipped)"
     if req.signing_key:
         check_signing(req, work, log)
     with log.step("struct-sizes") as res:
@@ -368,7 +380,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     # the objects it compiled up to date instead of compiling them again.
     cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
     compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
-                else compile_kernel(req, log, work, None if compiler.matches else compiler.host, cflags, timings))
+                else compile_kernel(req, log, work, other_compiler, cflags, timings))
     pairs, orig_dir, patched_dir = compiled.pairs, compiled.orig_dir, compiled.patched_dir
     out_dir = work / "output"
     out_dir.mkdir(parents=True)

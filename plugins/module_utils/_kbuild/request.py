@@ -58,6 +58,11 @@ class BuildRequest:
     # An out-of-tree module to patch instead of the kernel: its built .ko and its source directory.
     oot_module: Optional[Path] = None
     oot_module_src: Optional[Path] = None
+    # When the host's compiler is not the kernel's: "auto" compiles in a toolchain root of the
+    # kernel's own suite with exactly its compiler (toolroot.py); "never" refuses (or, with
+    # skip_compiler_check, uses the host's).  The mirror defaults to the host's Debian archive.
+    toolchain_root: str = "auto"
+    toolchain_root_mirror: Optional[str] = None
 
     @property
     def oot(self) -> Optional[OotModule]:
@@ -214,4 +219,6 @@ def request_from_params(params: Dict[str, object], running_release: str) -> Buil
         fuzz=int(params.get("fuzz") or 0),  # type: ignore[call-overload]
         debug_modules_dir=path_or("debug_modules_dir", defaults.get("debug_modules_dir")),
         oot_module=path_or("oot_module", None), oot_module_src=oot_src,
+        toolchain_root=str(params.get("toolchain_root") or "auto"),
+        toolchain_root_mirror=str(params["toolchain_root_mirror"]) if params.get("toolchain_root_mirror") else None,
     )

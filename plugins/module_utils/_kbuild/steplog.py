@@ -16,9 +16,10 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Union
 
 # How much of a failing command's output goes into the exception message.
 ERROR_TAIL_LINES = 25
@@ -89,6 +90,22 @@ def as_steplog(log: Union[StepLog, Path, str]) -> StepLog:
     return log if isinstance(log, StepLog) else StepLog(Path(log))
 
 
+# While a build runs its kbuild commands inside a toolchain root (toolroot.py), every command of
+# run_logged goes through this wrapper: (argv, cwd) -> the argv that runs it there.
+CommandWrapper = Callable[[Sequence[str], Optional[Path]], List[str]]
+_WRAPPER: ContextVar[Optional[CommandWrapper]] = ContextVar("kpatch_command_wrapper", default=None)
+
+
+@contextmanager
+def commands_through(wrapper: Optional[CommandWrapper]) -> Iterator[None]:
+    """Run every ``run_logged`` command of the block through ``wrapper`` (None: directly)."""
+    token = _WRAPPER.set(wrapper)
+    try:
+        yield
+    finally:
+        _WRAPPER.reset(token)
+
+
 def run_logged(log: StepLog, argv: Sequence[str], cwd: Optional[Path] = None,
                env: Optional[Mapping[str, str]] = None, what: str = "",
                stdin_path: Optional[Path] = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -98,9 +115,11 @@ def run_logged(log: StepLog, argv: Sequence[str], cwd: Optional[Path] = None,
     full_env.update({"LC_ALL": "C", "LANG": "C"})
     if env:
         full_env.update(env)
+    wrapper = _WRAPPER.get()
+    command = wrapper(argv, cwd) if wrapper else list(argv)
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
     try:
-        proc = subprocess.run(list(argv), cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
+        proc = subprocess.run(command, cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, errors="replace", check=False)
     except FileNotFoundError as exc:
         raise KbuildError(f"{what or argv[0]}: command not found: {argv[0]} ({exc})") from exc

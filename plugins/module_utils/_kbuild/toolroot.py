@@ -137,9 +137,9 @@ def verify_root(root: Path, suite: str, identity: str) -> None:
     got = probe_identity(root, gcc)
     if got != identity:
         raise KbuildError(f"suite {suite}'s {gcc} stamps '{got}', but the kernel was built by '{identity}': "
-                          "the archive no longer has the kernel's exact compiler (skip_compiler_check=true "
-                          "builds with another compiler anyway, at the risk of a patch that does not match "
-                          "the running code)")
+                          "the archive no longer has the kernel's exact compiler (toolchain_root=never with "
+                          "skip_compiler_check=true builds with the host's compiler anyway, at the risk of a "
+                          "patch that does not match the running code)")
 
 
 def _bootstrap(tmp: Path, suite: str, gcc: str, mirror: str, log: StepLog) -> None:
