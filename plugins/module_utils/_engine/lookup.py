@@ -13,8 +13,10 @@ kernel files share a base name (``core.c``).  A local's ``sympos`` is its
 vmlinux, symbol-table order for modules), 0 when the name is unique.
 
 ``Module.symvers`` says which globals are exported and by whom; an exported
-vmlinux symbol is resolved by the module loader, everything else needs a
-livepatch relocation (``needs_klp_relocation``).
+vmlinux symbol is resolved by the module loader, and so is a global that is
+neither exported nor in the parent (kpatch's rule: it lives in another object of
+the patch module; the build verifies after linking that every such reference
+resolved).  Everything else needs a livepatch relocation.
 """
 
 from __future__ import annotations
@@ -292,6 +294,8 @@ class Resolver:
             return True, found or Resolution(sym.name, self.symtab.objname, 0, sym.bind, sym.type, 0, 0)
         found = self.symtab.find_global(sym.name)
         if found is None:
-            raise SymbolLookupError("global symbol %s is neither exported (Module.symvers) nor defined in %s"
-                                    % (sym.name, self.symtab.objname))
+            # Neither exported nor in the parent: it can only be defined by another object of
+            # the patch module (a new global function of another patched file).  The reference
+            # stays ordinary; the build checks, once the module is linked, that it resolved.
+            return False, None
         return True, found
