@@ -32,6 +32,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    is_anonymous_constant,
     is_special_static,
     strip_number,
 )
@@ -47,11 +48,25 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
     if new.type == STT_SECTION and old.type == STT_SECTION:
         if new.section is None or old.section is None:
             return new.section is old.section
-        return new.section.twin is old.section or new.section.name == old.section.name
+        if new.section.twin is old.section:
+            return True
+        if new.section.name != old.section.name:
+            return False
+        # Never paired, so not compared on their own: an anonymous constant counts as part
+        # of the code using it (kpatch compares only its name and would miss a changed value).
+        return not is_anonymous_constant(new.section) or _contents_equal(new.section, old.section)
     if is_special_static(new) or is_special_static(old):
         return strip_number(new.name) == strip_number(old.name)
     # Undefined symbols (externs) are paired by name.
     return new.is_undefined and old.is_undefined and new.name == old.name
+
+
+def _contents_equal(new: Section, old: Section) -> bool:
+    """Same bytes and same relocations (by target name): for sections nothing pairs."""
+    if new.data != old.data or new.size != old.size:
+        return False
+    key = (lambda r: (r.offset, r.type, r.addend, r.sym.name, r.string))
+    return [key(r) for r in _relocs(new)] == [key(r) for r in _relocs(old)]
 
 
 def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = False) -> bool:

@@ -31,32 +31,50 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
 )
 
 _NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
-_UNIQUE_ID = re.compile(r"^(__UNIQUE_ID_.*?)\d+$")
+# __UNIQUE_ID_<name><counter>, also as clang's <func>.__UNIQUE_ID_ddebug<counter>
+_UNIQUE_ID = re.compile(r"^(.*__UNIQUE_ID_.*?)\d+$")
 _SPECIAL_STATIC_BASES = ("__key", "__warned", "__already_done", "__func__", "_rs",
                          "__print_once", "descriptor", "__msg", "__print_fmt")
-_SPECIAL_SECTIONS = (".data.once", "__dyndbg", "__dyndbg_classes", ".data..once")
+ANONYMOUS_CONSTANT_PREFIXES = (".data..L__unnamed_", ".data.__unnamed_")
+# Data the kernel keeps per call site of the code that owns it: dynamic-debug descriptors,
+# UBSAN's source locations and type descriptors, clang's anonymous constants (renumbered
+# whenever code moves) and warn-once flags.  Such sections are never paired: the patched code
+# gets fresh copies, which is what a new call site would get (a once-flag fires once more).
+CALL_SITE_DATA_PREFIXES = ("__verbose", "__dyndbg", ".data.once", ".data..once", ".data.unlikely",
+                           ".data..unlikely", ".data..Lubsan_data", ".data.rel.local..Lubsan_data",
+                           ".data..Lubsan_type") + ANONYMOUS_CONSTANT_PREFIXES
 
 
 def strip_number(name: str) -> str:
-    """``foo`` for ``foo.123``/``foo.123.45``; ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``."""
-    match = _UNIQUE_ID.match(name)
-    if match:
-        return match.group(1)
-    return _NUMBER_SUFFIX.sub("", name)
+    """``foo`` for ``foo.123``/``foo.123.45``; ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``
+    and ``__UNIQUE_ID_x77.12`` (the counter and gcc's suffix both vary between builds)."""
+    base = _NUMBER_SUFFIX.sub("", name)
+    match = _UNIQUE_ID.match(base)
+    return match.group(1) if match else base
+
+
+def is_anonymous_constant(sec: Section) -> bool:
+    """clang's ``.data..L__unnamed_N``: an anonymous constant only its section symbol names."""
+    return sec.name.startswith(ANONYMOUS_CONSTANT_PREFIXES)
+
+
+def is_call_site_data(sec: Section) -> bool:
+    """A section of per-call-site data the kernel owns (see ``CALL_SITE_DATA_PREFIXES``)."""
+    return sec.name.startswith(CALL_SITE_DATA_PREFIXES)
 
 
 def is_special_static(sym: Symbol) -> bool:
     """Statics that must never be paired with their original counterpart."""
     if sym.type == STT_SECTION:
-        return sym.section is not None and sym.section.name in _SPECIAL_SECTIONS
+        return sym.section is not None and is_call_site_data(sym.section)
     if not sym.is_local or sym.type not in (STT_OBJECT, 0):
         return False
-    if sym.section is not None and sym.section.name.startswith(_SPECIAL_SECTIONS):
+    if sym.section is not None and is_call_site_data(sym.section):
         return True
     base = strip_number(sym.name)
     if base in _SPECIAL_STATIC_BASES or base.startswith("CSWTCH"):
         return True
-    return base.startswith("__UNIQUE_ID_ddebug")
+    return "__UNIQUE_ID_ddebug" in base
 
 
 def is_static_local(sym: Symbol) -> bool:
@@ -158,7 +176,7 @@ def correlate_sections_by_name(orig: ElfObject, patched: ElfObject) -> None:
             continue
         if sec.sym is not None and (sec.sym.twin is None or is_special_static(sec.sym)):
             continue  # a bundled section follows its symbol
-        if sec.name.startswith(_SPECIAL_SECTIONS):
+        if is_call_site_data(sec):
             continue
         olds = old_table.get(sec.name)
         if olds and len(olds) == 1 and olds[0].sym is None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Set
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
-    R_X86_64_64,
     R_X86_64_PC32,
-    R_X86_64_PC64,
     R_X86_64_PLT32,
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -34,16 +32,18 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    is_call_site_data,
     is_special_static,
     is_static_local,
     strip_number,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import KeptKey, special_section_names
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import relocation_width
 
 FENTRY = "__fentry__"
 # Bytes from a function's start within which the fentry call must sit (endbr64 + call).
 FENTRY_WINDOW = 16
-_IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".data.once", ".data..once", "__dyndbg", ".discard",
+_IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".discard",
                           "__ksymtab", "___ksymtab", ".kpatch.", ".note", ".comment", ".modinfo",
                           "__param", ".init.", ".exit.", "__tracepoints_strings", "__bpf_raw_tp_map",
                           # one entry per function (CALL_PADDING kernels); grows with new functions
@@ -75,7 +75,7 @@ def check_init_changes(patched: ElfObject) -> None:
 def _is_checked_data(sec: Section) -> bool:
     if not sec.flags & SHF_ALLOC or sec.flags & SHF_EXECINSTR or sec.is_rela:
         return False
-    if sec.name in special_section_names() or sec.name.startswith(_IGNORED_DATA_PREFIXES):
+    if sec.name in special_section_names() or sec.name.startswith(_IGNORED_DATA_PREFIXES) or is_call_site_data(sec):
         return False
     if sec.sym is not None and is_special_static(sec.sym):
         return False
@@ -174,10 +174,6 @@ def check_static_local_references(patched: ElfObject) -> None:
                                 "(see the patch author guide)" % (sym.name, ", ".join(sorted(removed))))
 
 
-def _reloc_width(rtype: int) -> int:
-    return 8 if rtype in (R_X86_64_64, R_X86_64_PC64) else 4
-
-
 def _target_window(reloc: Relocation, in_text: bool) -> tuple:
     # A PC-relative field in code is followed by 0-4 more bytes of its instruction.
     if in_text and reloc.type in (R_X86_64_PC32, R_X86_64_PLT32):
@@ -195,7 +191,7 @@ def check_relocation_ranges(sections: Iterable[Section]) -> None:
             continue
         base = sec.base
         for reloc in sec.relocations:
-            if reloc.offset < 0 or reloc.offset + _reloc_width(reloc.type) > base.size:
+            if reloc.offset < 0 or reloc.offset + relocation_width(reloc.type) > base.size:
                 raise PatchRejected("relocation at %s+%#x (type %d) lies outside the section (%d bytes)"
                                     % (base.name, reloc.offset, reloc.type, base.size))
             target = reloc.sym
