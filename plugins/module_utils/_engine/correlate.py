@@ -18,7 +18,7 @@ paired: the patched copy must be a fresh variable.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     STT_FILE,
@@ -26,6 +26,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     STT_OBJECT,
     STT_SECTION,
     ElfObject,
+    Relocation,
     Section,
     Symbol,
 )
@@ -113,22 +114,41 @@ def _pairable(sym: Symbol) -> bool:
     return sym.type not in (STT_SECTION, STT_FILE) and sym.twin is None and not is_special_static(sym)
 
 
+def family_relocations(func: Symbol) -> List[Relocation]:
+    """Relocations of a function's code and of its ``.part``/``.cold`` children's code.
+
+    gcc moves code between a function and its children from build to build (issue 1054: the
+    static locals of audit_log_end moved into audit_log_end.part.17).  Call after bundling.
+    """
+    out: List[Relocation] = []
+    seen: Set[int] = set()
+    pending = [func]
+    while pending:
+        sym = pending.pop()
+        sec = sym.section
+        if sec is not None and sec.rela is not None and id(sec) not in seen:
+            seen.add(id(sec))
+            out.extend(sec.rela.relocations)
+        pending.extend(sym.children)
+    return out
+
+
 def correlate_static_locals(orig: ElfObject, patched: ElfObject) -> int:
     """Pair static locals through the (already paired) functions referencing them."""
     paired = 0
     for func in patched.symbols[1:]:
-        if func.type != STT_FUNC or func.twin is None or func.section is None or func.section.rela is None:
+        if func.type != STT_FUNC or func.twin is None or func.section is None or func.parent is not None:
             continue
         old_func = func.twin
-        if old_func.section is None or old_func.section.rela is None:
+        if old_func.section is None:
             continue
         old_locals: Dict[str, List[Symbol]] = {}
-        for reloc in old_func.section.rela.relocations:
+        for reloc in family_relocations(old_func):
             if is_static_local(reloc.sym) and not is_special_static(reloc.sym):
                 bucket = old_locals.setdefault(strip_number(reloc.sym.name), [])
                 if reloc.sym not in bucket:
                     bucket.append(reloc.sym)
-        for reloc in func.section.rela.relocations:
+        for reloc in family_relocations(func):
             sym = reloc.sym
             if not is_static_local(sym) or is_special_static(sym) or sym.twin is not None:
                 continue

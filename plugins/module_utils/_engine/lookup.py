@@ -260,6 +260,12 @@ def object_local_names(obj: ElfObject) -> List[str]:
                                        "__key", "_rs", "CSWTCH", "__warned"))]
 
 
+def running_name(sym: Symbol) -> str:
+    """The name the running kernel knows ``sym`` by: its original twin's (``lock.63240`` for the
+    patched ``lock.63243``: gcc numbers static locals anew in each build)."""
+    return sym.twin.name if sym.twin is not None else sym.name
+
+
 @dataclass
 class Resolver:
     """Decides, per unresolved symbol, a normal undefined reference or a klp relocation."""
@@ -274,10 +280,10 @@ class Resolver:
     def resolve(self, sym: Symbol) -> Tuple[bool, Optional[Resolution]]:
         """(needs a klp relocation, where).  ``where`` None + False: a normal reference."""
         if sym.is_local:
-            found = self.symtab.find_local(sym.name)
+            found = self.symtab.find_local(running_name(sym))
             if found is None:
                 raise SymbolLookupError("local symbol %s not found in the %s block of %s's symbol table"
-                                        % (sym.name, self.symtab._block.name if self.symtab._block else "?",
+                                        % (running_name(sym), self.symtab._block.name if self.symtab._block else "?",
                                            self.symtab.objname))
             return True, found
         info = self.exports.get(sym.name)

@@ -43,7 +43,11 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermedi
     placeholder_name,
     section_symbol,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError, Resolver
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
+    Resolver,
+    SymbolLookupError,
+    running_name,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
 
@@ -85,11 +89,12 @@ def _included_symbols(patched: ElfObject) -> List[Symbol]:
 def _resolve_changed_functions(changed: List[Symbol], resolver: Resolver) -> List[PatchedFunc]:
     funcs = []
     for sym in changed:
-        found = resolver.symtab.find_local(sym.name) if sym.is_local else resolver.symtab.find_global(sym.name)
+        name = running_name(sym)
+        found = resolver.symtab.find_local(name) if sym.is_local else resolver.symtab.find_global(name)
         if found is None:
             raise PatchRejected("changed function %s is not in the %s symbol table (inlined or renamed in the "
                                 "running kernel?)" % (sym.name, resolver.symtab.objname))
-        funcs.append(PatchedFunc(sym, found.value, found.size, found.sympos, found.objname))
+        funcs.append(PatchedFunc(sym, found.value, found.size, found.sympos, found.objname, found.name))
     return funcs
 
 

@@ -32,6 +32,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    family_relocations,
     is_call_site_data,
     is_special_static,
     is_static_local,
@@ -153,21 +154,19 @@ def check_groups(patched: ElfObject) -> None:
                                 "sections cannot be live patched" % sec.name)
 
 
-def _static_local_bases(sec: Section) -> Set[str]:
-    if sec.rela is None:
-        return set()
-    return {strip_number(r.sym.name) for r in sec.rela.relocations
+def _static_local_bases(func: Symbol) -> Set[str]:
+    return {strip_number(r.sym.name) for r in family_relocations(func)
             if is_static_local(r.sym) and not is_special_static(r.sym)}
 
 
 def check_static_local_references(patched: ElfObject) -> None:
-    """A changed function must keep referencing the static locals it used to reference."""
+    """A changed function (with its children) must keep referencing the static locals it used to."""
     for sym in patched.symbols[1:]:
-        if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.twin is None:
+        if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.twin is None or sym.parent is not None:
             continue
         if sym.section is None or sym.twin.section is None or sym.section.sym is not sym:
             continue
-        removed = _static_local_bases(sym.twin.section) - _static_local_bases(sym.section)
+        removed = _static_local_bases(sym.twin) - _static_local_bases(sym)
         if removed:
             raise PatchRejected("function %s no longer references static local variable(s) %s: the patched "
                                 "code could not share their state with the running kernel; keep a reference "
