@@ -61,6 +61,9 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
     return new.is_undefined and old.is_undefined and new.name == old.name
 
 
+ALTINSTR_AUX = ".altinstr_aux"
+
+
 def _contents_equal(new: Section, old: Section) -> bool:
     """Same bytes and same relocations (by target name): for sections nothing pairs."""
     if new.data != old.data or new.size != old.size:
@@ -73,6 +76,10 @@ def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = Fa
     """Same place, type and target; ``line_tolerant``: strings may differ in "file.c:LINE" only."""
     if new.offset != old.offset or new.type != old.type:
         return False
+    if new.sym.name == ALTINSTR_AUX == old.sym.name:
+        # static_cpu_has()'s boot-time fallback code: inert in a module (alternatives are applied
+        # before module code runs), and its offsets move whenever another function adds to it.
+        return True
     if new.string is not None or old.string is not None:
         if line_tolerant and new.string is not None and old.string is not None:
             return normalise_line_string(new.string) == normalise_line_string(old.string)
@@ -252,8 +259,10 @@ def apply_ignore_directives(patched: ElfObject) -> List[str]:
         target = by_name.get(reloc.string or "")
         if target is not None and target.status == Status.CHANGED:
             target.status = Status.SAME
-            if target.sym is not None:
-                _mark_same(target.sym)
+            # every function of the section is ignored, bundled or not (.init.text holds many)
+            for sym in patched.symbols[1:]:
+                if sym.section is target and sym.status == Status.CHANGED:
+                    _mark_same(sym)
             ignored.append(target.name)
     return ignored
 

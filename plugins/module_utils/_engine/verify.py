@@ -65,6 +65,10 @@ def check_headers(orig: ElfObject, patched: ElfObject) -> None:
 
 
 def check_init_changes(patched: ElfObject) -> None:
+    """A real change to ``__init``/``__exit`` code is refused: it ran at boot (or runs at unload) and
+    the patch cannot give it effect.  Changes that are only side effects of the patch never get here:
+    moved offsets into ``.altinstr_aux`` compare equal, and KPATCH_IGNORE_SECTION marks a section's
+    functions unchanged (``compare.py``)."""
     for sym in patched.symbols[1:]:
         if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.section is None:
             continue
