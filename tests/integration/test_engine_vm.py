@@ -114,3 +114,37 @@ rmmod {module} && echo RMMOD_OK
     # the kernel's own .cold part plus the module's copy
     assert "\n2\n" in "\n" + out, out
     assert "RMMOD_OK" in out, out
+
+
+def test_changed_parent_with_unchanged_cold_child_runs(kernel_6_1, tmp_path):
+    """__dev_remove_pack changed in its hot path: its copied .cold part comes along (docs/engine.md).
+
+    Every AF_PACKET socket busybox's udhcpc opens is unhooked through __dev_remove_pack when it
+    closes, so the new parent runs while the patch is enabled (ftrace, filtered to the module's
+    copy, counts it; oops=panic: a crash fails the run).
+    """
+    module = "lp_cold_parent"
+    ko = build_livepatch(kernel_6_1, "dev_remove_pack_parent", module, tmp_path / "kmod")
+    script = f"""
+ip link set lo up
+insmod /lp.ko || echo INSMOD_FAILED
+{wait_transition(module)}
+echo "enabled=$(cat /sys/kernel/livepatch/{module}/enabled) transition=$(cat /sys/kernel/livepatch/{module}/transition)"
+T=/sys/kernel/tracing; mount -t tracefs none $T
+echo '__dev_remove_pack:mod:{module}' > $T/set_ftrace_filter && echo function > $T/current_tracer
+for i in 1 2 3; do udhcpc -i lo -n -q -t 1 -T 1 >/dev/null 2>&1; done
+echo "calls=$(grep -c '__dev_remove_pack <-' $T/trace)"
+echo nop > $T/current_tracer
+echo PACKET_SOCKETS_DONE
+echo 0 > /sys/kernel/livepatch/{module}/enabled
+{wait_transition(module)}
+sleep 1
+rmmod {module} && echo RMMOD_OK
+"""
+    result = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko}, script=script, timeout=240)
+    out = result.output
+    assert result.exit_code == 0, result.console[-3000:]
+    assert "INSMOD_FAILED" not in out and "enabled=1 transition=0" in out, out
+    assert "PACKET_SOCKETS_DONE" in out and "RMMOD_OK" in out, out
+    calls = [int(line.split("=")[1]) for line in out.splitlines() if line.startswith("calls=")]
+    assert calls and calls[0] >= 1, out  # the module's copy did run

@@ -31,7 +31,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 
-_NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
+# gcc's ".N" components anywhere in a name: foo.123, foo.constprop.19.cold.28
+_NUMBER_PARTS = re.compile(r"\.\d+(?=\.|$)")
 # __UNIQUE_ID_<name><counter>, also as clang's <func>.__UNIQUE_ID_ddebug<counter>
 _UNIQUE_ID = re.compile(r"^(.*__UNIQUE_ID_.*?)\d+$")
 _SPECIAL_STATIC_BASES = ("__key", "__warned", "__already_done", "__func__", "_rs",
@@ -47,9 +48,10 @@ CALL_SITE_DATA_PREFIXES = ("__verbose", "__dyndbg", ".data.once", ".data..once",
 
 
 def strip_number(name: str) -> str:
-    """``foo`` for ``foo.123``/``foo.123.45``; ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``
+    """``foo`` for ``foo.123``/``foo.123.45``, ``foo.constprop.cold`` for ``foo.constprop.19.cold.28``;
+    ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``
     and ``__UNIQUE_ID_x77.12`` (the counter and gcc's suffix both vary between builds)."""
-    base = _NUMBER_SUFFIX.sub("", name)
+    base = _NUMBER_PARTS.sub("", name)
     match = _UNIQUE_ID.match(base)
     return match.group(1) if match else base
 

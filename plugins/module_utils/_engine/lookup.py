@@ -182,6 +182,15 @@ class ParentSymtab:
             elif sym.defined:
                 self.globals.setdefault(sym.name, sym)
         self._block: Optional[FileBlock] = None
+        self._blocks_by_file: Dict[str, FileBlock] = {}
+
+    def select_object_blocks(self, obj: ElfObject) -> None:
+        """Select the block of every source file of ``obj`` (several after ``ld -r``), by its locals."""
+        self._blocks_by_file = {}
+        files = [s for s in obj.symbols[1:] if s.type == STT_FILE]
+        for file_sym in reversed(files):  # the first file's block stays the default
+            self._blocks_by_file[file_sym.name] = self.select_file_block(file_sym.name,
+                                                                         object_local_names(obj, file_sym))
 
     def select_file_block(self, filename: str, local_names: Iterable[str]) -> FileBlock:
         """The block of ``filename`` holding the object's locals (best match, must be unique)."""
@@ -213,14 +222,19 @@ class ParentSymtab:
         order = sorted(same, key=lambda s: (s.value, s.index)) if self.is_vmlinux else same
         return 1 + next(i for i, s in enumerate(order) if s is sym)
 
-    def find_local(self, name: str) -> Optional[Resolution]:
+    def block_of(self, filename: Optional[str] = None) -> Optional[FileBlock]:
+        """The selected block of source file ``filename`` (default: the object's first file)."""
+        return self._blocks_by_file.get(filename, self._block) if filename else self._block
+
+    def find_local(self, name: str, filename: Optional[str] = None) -> Optional[Resolution]:
         """A local of the selected file block: exact name, else a unique match ignoring ``.N``."""
-        if self._block is None:
+        block = self.block_of(filename)
+        if block is None:
             raise SymbolLookupError("no file block selected in the %s symbol table" % self.objname)
-        exact = [s for s in self._block.locals if s.name == name]
+        exact = [s for s in block.locals if s.name == name]
         if not exact:
             base = _NUMBER_SUFFIX.sub("", name)
-            exact = [s for s in self._block.locals if _NUMBER_SUFFIX.sub("", s.name) == base]
+            exact = [s for s in block.locals if _NUMBER_SUFFIX.sub("", s.name) == base]
         if len(exact) != 1:
             return None
         sym = exact[0]
@@ -252,12 +266,19 @@ def object_file_name(obj: ElfObject) -> Optional[str]:
     return None
 
 
-def object_local_names(obj: ElfObject) -> List[str]:
-    """Names of the object's own function/object locals (to recognise its file block)."""
+def object_local_names(obj: ElfObject, file_sym: Optional[Symbol] = None) -> List[str]:
+    """Names of the object's own function/object locals (of source file ``file_sym`` if given),
+    to recognise its file block."""
     return [s.name for s in obj.symbols[1:]
             if s.is_local and s.type in (STT_FUNC, STT_OBJECT) and s.section is not None
+            and (file_sym is None or s.file is file_sym)
             and not s.name.startswith(("__pfx_", "__cfi_", "__UNIQUE_ID_", "__already_done", "__func__",
                                        "__key", "_rs", "CSWTCH", "__warned"))]
+
+
+def source_file(sym: Symbol) -> Optional[str]:
+    """The source file a local symbol belongs to (its STT_FILE), when the object names it."""
+    return sym.file.name if sym.file is not None else None
 
 
 def running_name(sym: Symbol) -> str:
@@ -280,11 +301,11 @@ class Resolver:
     def resolve(self, sym: Symbol) -> Tuple[bool, Optional[Resolution]]:
         """(needs a klp relocation, where).  ``where`` None + False: a normal reference."""
         if sym.is_local:
-            found = self.symtab.find_local(running_name(sym))
+            found = self.symtab.find_local(running_name(sym), source_file(sym))
             if found is None:
+                block = self.symtab.block_of(source_file(sym))
                 raise SymbolLookupError("local symbol %s not found in the %s block of %s's symbol table"
-                                        % (running_name(sym), self.symtab._block.name if self.symtab._block else "?",
-                                           self.symtab.objname))
+                                        % (running_name(sym), block.name if block else "?", self.symtab.objname))
             return True, found
         info = self.exports.get(sym.name)
         if info is not None:
