@@ -16,6 +16,7 @@ import pytest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import check_objtool_sites
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
 
 from tests.integration.engine_pairs import build_pair
@@ -148,3 +149,35 @@ rmmod {module} && echo RMMOD_OK
     assert "PACKET_SOCKETS_DONE" in out and "RMMOD_OK" in out, out
     calls = [int(line.split("=")[1]) for line in out.splitlines() if line.startswith("calls=")]
     assert calls and calls[0] >= 1, out  # the module's copy did run
+
+
+def test_inlined_helper_patch_keeps_its_retpoline_sites_and_runs(kernel_6_1, tmp_path):
+    """A printk in sysctl_head_grab (inlined into 7 proc_sys_* callers, some with retpoline calls).
+
+    objtool ran at compile time on 6.1: the callers' .retpoline_sites/.return_sites entries travel
+    with them, and the site check (which reads a "cs call" as starting at its CS prefix, where
+    objtool lists it) accepts the module.  Reading /proc/sys then runs the patched callers.
+    """
+    module = "lp_sysctl"
+    ko = build_livepatch(kernel_6_1, "sysctl_head_grab", module, tmp_path / "kmod")
+    sites = check_objtool_sites(ko, kernel_6_1.config.read_text(), kernel_6_1.source_tree())
+    assert sites.retpolines >= 1 and sites.returns >= 1
+    script = f"""
+insmod /lp.ko || echo INSMOD_FAILED
+{wait_transition(module)}
+echo "enabled=$(cat /sys/kernel/livepatch/{module}/enabled) transition=$(cat /sys/kernel/livepatch/{module}/transition)"
+cat /proc/sys/kernel/ostype
+ls /proc/sys/kernel > /dev/null
+echo "printed=$(dmesg | grep -c 'sysctl_head_grab ')"
+echo 0 > /sys/kernel/livepatch/{module}/enabled
+{wait_transition(module)}
+sleep 1
+rmmod {module} && echo RMMOD_OK
+"""
+    result = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko}, script=script, timeout=240)
+    out = result.output
+    assert result.exit_code == 0, result.console[-3000:]
+    assert "INSMOD_FAILED" not in out and "enabled=1 transition=0" in out and "Linux" in out, out
+    printed = [int(line.split("=")[1]) for line in out.splitlines() if line.startswith("printed=")]
+    assert printed and printed[0] >= 1, out
+    assert "RMMOD_OK" in out, out

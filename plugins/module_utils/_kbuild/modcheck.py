@@ -43,6 +43,9 @@ RETURN_THUNK = "__x86_return_thunk"
 INDIRECT_THUNK_PREFIXES = ("__x86_indirect_thunk_", "__x86_indirect_its_thunk_")
 # x86 encodings of the instructions whose rel32 field the relocation patches.
 JMP_REL32, CALL_REL32 = 0xE9, 0xE8
+# -mindirect-branch-cs-prefix (6.0+) puts a CS segment prefix before calls to the r8-r15 thunks
+# ("cs call"), so the loader can rewrite them in place; objtool lists the site at the prefix.
+CS_PREFIX = 0x2E
 
 
 # What objtool writes (and refuses to write twice); compiler-made tables (__jump_table, __bug_table,
@@ -103,7 +106,7 @@ def _site_targets(obj, name: str) -> Set[Tuple[int, int]]:
 
 
 def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
-    """(section, instruction offset, symbol) of every rel32 jump/call in code to a thunk ``wanted`` accepts."""
+    """(section, opcode offset, symbol) of every rel32 jump/call in code to a thunk ``wanted`` accepts."""
     uses = []
     for rela in obj.sections:
         base = rela.base
@@ -114,6 +117,13 @@ def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
             if wanted(rel.sym.name) and 0 <= insn < len(base.data) and base.data[insn] in (JMP_REL32, CALL_REL32):
                 uses.append((base, insn, rel.sym.name))
     return uses
+
+
+def _is_listed(listed: Set[Tuple[int, int]], sec, opcode: int) -> bool:
+    """The site list names the instruction: at its opcode, or at a CS prefix right before it."""
+    if (id(sec), opcode) in listed:
+        return True
+    return opcode > 0 and sec.data[opcode - 1] == CS_PREFIX and (id(sec), opcode - 1) in listed
 
 
 def loader_patches(source_root: Optional[Path]) -> Set[str]:
@@ -144,13 +154,13 @@ def check_objtool_sites(ko: Path, config_text: str, source_root: Optional[Path] 
         uses = _thunk_uses(obj, lambda name: name == RETURN_THUNK)
         result.returns = len(uses)
         result.problems += [f"{sec.name}+{off:#x}: return through {sym} not listed in .return_sites"
-                            for sec, off, sym in uses if (id(sec), off) not in listed]
+                            for sec, off, sym in uses if not _is_listed(listed, sec, off)]
     if enabled & {"CONFIG_RETPOLINE", "CONFIG_MITIGATION_RETPOLINE"} and "apply_retpolines" in applied:
         listed = _site_targets(obj, ".retpoline_sites")
         uses = _thunk_uses(obj, lambda name: name.startswith(INDIRECT_THUNK_PREFIXES))
         result.retpolines = len(uses)
         result.problems += [f"{sec.name}+{off:#x}: indirect call through {sym} not listed in .retpoline_sites"
-                            for sec, off, sym in uses if (id(sec), off) not in listed]
+                            for sec, off, sym in uses if not _is_listed(listed, sec, off)]
     if "CONFIG_UNWINDER_ORC" in enabled:
         orc_ip = obj.find_section(".orc_unwind_ip")
         has_code = any(s.is_text and s.size and s.flags & SHF_ALLOC for s in obj.sections)
