@@ -68,8 +68,11 @@ def _contents_equal(new: Section, old: Section) -> bool:
     """Same bytes and same relocations (by target name): for sections nothing pairs."""
     if new.data != old.data or new.size != old.size:
         return False
-    key = (lambda r: (r.offset, r.type, r.addend, r.sym.name, r.string))
-    return [key(r) for r in _relocs(new)] == [key(r) for r in _relocs(old)]
+    return [_by_name(r) for r in _relocs(new)] == [_by_name(r) for r in _relocs(old)]
+
+
+def _by_name(reloc: Relocation) -> tuple:
+    return (reloc.offset, reloc.type, reloc.addend, reloc.sym.name, reloc.string)
 
 
 def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = False) -> bool:
