@@ -29,6 +29,12 @@ SUBSTITUTIONS: Dict[str, Tuple[str, str, str]] = {
                        "if (*name == '/' || *name == ':' || *name == '@' || isspace(*name))"),
     "dev_remove_pack": ("net/core/dev.c", 'pr_warn("dev_remove_pack: %p not found\\n", pt);',
                         'pr_warn("dev_remove_pack: packet type %p not found\\n", pt);'),
+    # the hot path of __dev_remove_pack grows: its unchanged .cold part jumps back to a moved label
+    "dev_remove_pack_parent": ("net/core/dev.c", "\t\t\tlist_del_rcu(&pt->list);\n\t\t\tgoto out;",
+                               "\t\t\tlist_del_rcu(&pt->list);\n\t\t\tsmp_mb();\n\t\t\tgoto out;"),
+    # inlined into 7 callers, some with retpoline calls (objtool ran at compile time on 6.1)
+    "sysctl_head_grab": ("fs/proc/proc_sysctl.c", "\tBUG_ON(!head);\n\tspin_lock(&sysctl_lock);",
+                         "\tBUG_ON(!head);\n\tpr_info(\"sysctl_head_grab %p\\n\", head);\n\tspin_lock(&sysctl_lock);"),
     "sched_core": ("kernel/sched/core.c", 'pr_info("task:%-15.15s state:%c", p->comm',
                    'pr_info("task:%-15.15s state=%c", p->comm'),
     "ext4_inode": ("fs/ext4/inode.c", '"iget: bogus i_mode (%o)"', '"iget: bogus inode mode (%o)"'),

@@ -113,6 +113,32 @@ def test_dev_remove_pack_cold_child_change_succeeds(kernel_6_1, vmlinux_symtab, 
     assert ("ptype_lock", 0) in klp
 
 
+def _cold_return_target(obj, parent: str) -> int:
+    """Offset in ``parent`` at which its .cold part's jump back lands."""
+    cold = obj.section_by_name()[".text.unlikely." + parent]
+    jumps = [r for r in cold.rela.relocations if r.sym.name in (parent, ".text." + parent)]
+    assert len(jumps) == 1, [(r.sym.name, r.addend) for r in cold.rela.relocations]
+    return jumps[0].addend + 4 + (jumps[0].sym.value if jumps[0].sym.name == parent else 0)
+
+
+def test_unchanged_cold_child_travels_with_its_changed_parent(kernel_6_1, vmlinux_symtab, sizes, tmp_path):
+    """The documented deviation from kpatch (docs/engine.md): the child's copy comes along.
+
+    kpatch leaves the unchanged __dev_remove_pack.cold in the kernel; the new parent would jump
+    into it, and it would jump back into the *original* parent, at an offset of the old layout.
+    """
+    pair = build_pair("dev_remove_pack_parent", kernel_6_1)
+    old_target = _cold_return_target(read_elf(str(pair.orig)), "__dev_remove_pack")
+    new_target = _cold_return_target(read_elf(str(pair.patched)), "__dev_remove_pack")
+    assert old_target != new_target, "the parent's layout did not move: the test shows nothing"
+    result, out = diff("dev_remove_pack_parent", kernel_6_1, vmlinux_symtab, sizes, tmp_path)
+    assert result.changed_functions == ["__dev_remove_pack"] and result.promoted == []
+    # the copy of the child is in the module and returns into the module's new parent
+    assert _cold_return_target(out, "__dev_remove_pack") == new_target
+    assert not [r for r in decode_klp_relocations(out) if r["name"].startswith("__dev_remove_pack")]
+    assert [f["name"] for f in decode_funcs(out)] == ["__dev_remove_pack"]
+
+
 def test_cli_with_readelf_text_symtab(kernel_6_1, sizes, tmp_path):
     pair = build_pair("dev_valid_name", kernel_6_1)
     symtab_txt = tmp_path / "vmlinux.symtab"

@@ -32,6 +32,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    is_anonymous_constant,
     is_special_static,
     strip_number,
 )
@@ -47,17 +48,41 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
     if new.type == STT_SECTION and old.type == STT_SECTION:
         if new.section is None or old.section is None:
             return new.section is old.section
-        return new.section.twin is old.section or new.section.name == old.section.name
+        if new.section.twin is old.section:
+            return True
+        if new.section.name != old.section.name:
+            return False
+        # Never paired, so not compared on their own: an anonymous constant counts as part
+        # of the code using it (kpatch compares only its name and would miss a changed value).
+        return not is_anonymous_constant(new.section) or _contents_equal(new.section, old.section)
     if is_special_static(new) or is_special_static(old):
         return strip_number(new.name) == strip_number(old.name)
     # Undefined symbols (externs) are paired by name.
     return new.is_undefined and old.is_undefined and new.name == old.name
 
 
+ALTINSTR_AUX = ".altinstr_aux"
+
+
+def _contents_equal(new: Section, old: Section) -> bool:
+    """Same bytes and same relocations (by target name): for sections nothing pairs."""
+    if new.data != old.data or new.size != old.size:
+        return False
+    return [_by_name(r) for r in _relocs(new)] == [_by_name(r) for r in _relocs(old)]
+
+
+def _by_name(reloc: Relocation) -> tuple:
+    return (reloc.offset, reloc.type, reloc.addend, reloc.sym.name, reloc.string)
+
+
 def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = False) -> bool:
     """Same place, type and target; ``line_tolerant``: strings may differ in "file.c:LINE" only."""
     if new.offset != old.offset or new.type != old.type:
         return False
+    if new.sym.name == ALTINSTR_AUX == old.sym.name:
+        # static_cpu_has()'s boot-time fallback code: inert in a module (alternatives are applied
+        # before module code runs), and its offsets move whenever another function adds to it.
+        return True
     if new.string is not None or old.string is not None:
         if line_tolerant and new.string is not None and old.string is not None:
             return normalise_line_string(new.string) == normalise_line_string(old.string)
@@ -237,8 +262,10 @@ def apply_ignore_directives(patched: ElfObject) -> List[str]:
         target = by_name.get(reloc.string or "")
         if target is not None and target.status == Status.CHANGED:
             target.status = Status.SAME
-            if target.sym is not None:
-                _mark_same(target.sym)
+            # every function of the section is ignored, bundled or not (.init.text holds many)
+            for sym in patched.symbols[1:]:
+                if sym.section is target and sym.status == Status.CHANGED:
+                    _mark_same(sym)
             ignored.append(target.name)
     return ignored
 

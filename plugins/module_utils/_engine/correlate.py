@@ -18,7 +18,7 @@ paired: the patched copy must be a fresh variable.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     STT_FILE,
@@ -26,37 +26,58 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     STT_OBJECT,
     STT_SECTION,
     ElfObject,
+    Relocation,
     Section,
     Symbol,
 )
 
-_NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
-_UNIQUE_ID = re.compile(r"^(__UNIQUE_ID_.*?)\d+$")
+# gcc's ".N" components anywhere in a name: foo.123, foo.constprop.19.cold.28
+_NUMBER_PARTS = re.compile(r"\.\d+(?=\.|$)")
+# __UNIQUE_ID_<name><counter>, also as clang's <func>.__UNIQUE_ID_ddebug<counter>
+_UNIQUE_ID = re.compile(r"^(.*__UNIQUE_ID_.*?)\d+$")
 _SPECIAL_STATIC_BASES = ("__key", "__warned", "__already_done", "__func__", "_rs",
                          "__print_once", "descriptor", "__msg", "__print_fmt")
-_SPECIAL_SECTIONS = (".data.once", "__dyndbg", "__dyndbg_classes", ".data..once")
+ANONYMOUS_CONSTANT_PREFIXES = (".data..L__unnamed_", ".data.__unnamed_")
+# Data the kernel keeps per call site of the code that owns it: dynamic-debug descriptors,
+# UBSAN's source locations and type descriptors, clang's anonymous constants (renumbered
+# whenever code moves) and warn-once flags.  Such sections are never paired: the patched code
+# gets fresh copies, which is what a new call site would get (a once-flag fires once more).
+CALL_SITE_DATA_PREFIXES = ("__verbose", "__dyndbg", ".data.once", ".data..once", ".data.unlikely",
+                           ".data..unlikely", ".data..Lubsan_data", ".data.rel.local..Lubsan_data",
+                           ".data..Lubsan_type") + ANONYMOUS_CONSTANT_PREFIXES
 
 
 def strip_number(name: str) -> str:
-    """``foo`` for ``foo.123``/``foo.123.45``; ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``."""
-    match = _UNIQUE_ID.match(name)
-    if match:
-        return match.group(1)
-    return _NUMBER_SUFFIX.sub("", name)
+    """``foo`` for ``foo.123``/``foo.123.45``, ``foo.constprop.cold`` for ``foo.constprop.19.cold.28``;
+    ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``
+    and ``__UNIQUE_ID_x77.12`` (the counter and gcc's suffix both vary between builds)."""
+    base = _NUMBER_PARTS.sub("", name)
+    match = _UNIQUE_ID.match(base)
+    return match.group(1) if match else base
+
+
+def is_anonymous_constant(sec: Section) -> bool:
+    """clang's ``.data..L__unnamed_N``: an anonymous constant only its section symbol names."""
+    return sec.name.startswith(ANONYMOUS_CONSTANT_PREFIXES)
+
+
+def is_call_site_data(sec: Section) -> bool:
+    """A section of per-call-site data the kernel owns (see ``CALL_SITE_DATA_PREFIXES``)."""
+    return sec.name.startswith(CALL_SITE_DATA_PREFIXES)
 
 
 def is_special_static(sym: Symbol) -> bool:
     """Statics that must never be paired with their original counterpart."""
     if sym.type == STT_SECTION:
-        return sym.section is not None and sym.section.name in _SPECIAL_SECTIONS
+        return sym.section is not None and is_call_site_data(sym.section)
     if not sym.is_local or sym.type not in (STT_OBJECT, 0):
         return False
-    if sym.section is not None and sym.section.name.startswith(_SPECIAL_SECTIONS):
+    if sym.section is not None and is_call_site_data(sym.section):
         return True
     base = strip_number(sym.name)
     if base in _SPECIAL_STATIC_BASES or base.startswith("CSWTCH"):
         return True
-    return base.startswith("__UNIQUE_ID_ddebug")
+    return "__UNIQUE_ID_ddebug" in base
 
 
 def is_static_local(sym: Symbol) -> bool:
@@ -95,22 +116,41 @@ def _pairable(sym: Symbol) -> bool:
     return sym.type not in (STT_SECTION, STT_FILE) and sym.twin is None and not is_special_static(sym)
 
 
+def family_relocations(func: Symbol) -> List[Relocation]:
+    """Relocations of a function's code and of its ``.part``/``.cold`` children's code.
+
+    gcc moves code between a function and its children from build to build (issue 1054: the
+    static locals of audit_log_end moved into audit_log_end.part.17).  Call after bundling.
+    """
+    out: List[Relocation] = []
+    seen: Set[int] = set()
+    pending = [func]
+    while pending:
+        sym = pending.pop()
+        sec = sym.section
+        if sec is not None and sec.rela is not None and id(sec) not in seen:
+            seen.add(id(sec))
+            out.extend(sec.rela.relocations)
+        pending.extend(sym.children)
+    return out
+
+
 def correlate_static_locals(orig: ElfObject, patched: ElfObject) -> int:
     """Pair static locals through the (already paired) functions referencing them."""
     paired = 0
     for func in patched.symbols[1:]:
-        if func.type != STT_FUNC or func.twin is None or func.section is None or func.section.rela is None:
+        if func.type != STT_FUNC or func.twin is None or func.section is None or func.parent is not None:
             continue
         old_func = func.twin
-        if old_func.section is None or old_func.section.rela is None:
+        if old_func.section is None:
             continue
         old_locals: Dict[str, List[Symbol]] = {}
-        for reloc in old_func.section.rela.relocations:
+        for reloc in family_relocations(old_func):
             if is_static_local(reloc.sym) and not is_special_static(reloc.sym):
                 bucket = old_locals.setdefault(strip_number(reloc.sym.name), [])
                 if reloc.sym not in bucket:
                     bucket.append(reloc.sym)
-        for reloc in func.section.rela.relocations:
+        for reloc in family_relocations(func):
             sym = reloc.sym
             if not is_static_local(sym) or is_special_static(sym) or sym.twin is not None:
                 continue
@@ -158,7 +198,7 @@ def correlate_sections_by_name(orig: ElfObject, patched: ElfObject) -> None:
             continue
         if sec.sym is not None and (sec.sym.twin is None or is_special_static(sec.sym)):
             continue  # a bundled section follows its symbol
-        if sec.name.startswith(_SPECIAL_SECTIONS):
+        if is_call_site_data(sec):
             continue
         olds = old_table.get(sec.name)
         if olds and len(olds) == 1 and olds[0].sym is None:

@@ -33,7 +33,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
     Resolver,
     load_parent_symtab,
     object_file_name,
-    object_local_names,
     read_symvers,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
@@ -155,9 +154,8 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
     with timer("lookup"):
         try:
             symtab = _parent_symtab(parent_symtab, parent_name)
-            name = object_file_name(new)
-            if name is not None:
-                symtab.select_file_block(name, object_local_names(old))
+            if object_file_name(new) is not None:
+                symtab.select_object_blocks(old)
             resolver = Resolver(symtab, read_symvers(symvers))
         except SymbolLookupError as exc:
             raise PatchRejected(str(exc))

@@ -121,6 +121,7 @@ class PatchedFunc:
     old_size: int
     sympos: int
     objname: str
+    old_name: str = ""  # the running kernel's name when gcc renumbered it (``foo.isra.1``)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
         base = len(data)
         data += FUNC_ENTRY.pack(0, func.symbol.size, func.old_addr, func.old_size, func.sympos, 0, 0)
         relocs.append(Relocation(offset=base, type=R_X86_64_64, sym=func.symbol, addend=0))
-        relocs.append(string_ref(base + 40, func.symbol.name))
+        relocs.append(string_ref(base + 40, func.old_name or func.symbol.name))
         relocs.append(string_ref(base + 48, func.objname))
     _finish(funcs_sec, data)
     _attach_rela(obj, funcs_sec, relocs)

@@ -319,11 +319,15 @@ def _drop_consumed(obj: ElfObject) -> None:
 
 
 def _modinfo_says_livepatch(obj: ElfObject) -> Optional[bool]:
-    """None for a plain object; for a module, whether .modinfo carries livepatch=Y."""
+    """None for a plain object; for a module, whether .modinfo carries livepatch=Y.
+
+    (An engine output may carry a .modinfo of its own, the import_ns records of the patched
+    code; only a module's has the vermagic= record modpost adds.)"""
     modinfo = obj.find_section(".modinfo")
-    if modinfo is None:
+    records = modinfo.data.split(b"\0") if modinfo is not None else []
+    if not any(r.startswith(b"vermagic=") for r in records):
         return None
-    return b"livepatch=Y" in modinfo.data.split(b"\0")
+    return b"livepatch=Y" in records
 
 
 def convert_to_klp(obj: ElfObject) -> KlpResult:

@@ -13,8 +13,10 @@ kernel files share a base name (``core.c``).  A local's ``sympos`` is its
 vmlinux, symbol-table order for modules), 0 when the name is unique.
 
 ``Module.symvers`` says which globals are exported and by whom; an exported
-vmlinux symbol is resolved by the module loader, everything else needs a
-livepatch relocation (``needs_klp_relocation``).
+vmlinux symbol is resolved by the module loader, and so is a global that is
+neither exported nor in the parent (kpatch's rule: it lives in another object of
+the patch module; the build verifies after linking that every such reference
+resolved).  Everything else needs a livepatch relocation.
 """
 
 from __future__ import annotations
@@ -180,6 +182,15 @@ class ParentSymtab:
             elif sym.defined:
                 self.globals.setdefault(sym.name, sym)
         self._block: Optional[FileBlock] = None
+        self._blocks_by_file: Dict[str, FileBlock] = {}
+
+    def select_object_blocks(self, obj: ElfObject) -> None:
+        """Select the block of every source file of ``obj`` (several after ``ld -r``), by its locals."""
+        self._blocks_by_file = {}
+        files = [s for s in obj.symbols[1:] if s.type == STT_FILE]
+        for file_sym in reversed(files):  # the first file's block stays the default
+            self._blocks_by_file[file_sym.name] = self.select_file_block(file_sym.name,
+                                                                         object_local_names(obj, file_sym))
 
     def select_file_block(self, filename: str, local_names: Iterable[str]) -> FileBlock:
         """The block of ``filename`` holding the object's locals (best match, must be unique)."""
@@ -211,14 +222,19 @@ class ParentSymtab:
         order = sorted(same, key=lambda s: (s.value, s.index)) if self.is_vmlinux else same
         return 1 + next(i for i, s in enumerate(order) if s is sym)
 
-    def find_local(self, name: str) -> Optional[Resolution]:
+    def block_of(self, filename: Optional[str] = None) -> Optional[FileBlock]:
+        """The selected block of source file ``filename`` (default: the object's first file)."""
+        return self._blocks_by_file.get(filename, self._block) if filename else self._block
+
+    def find_local(self, name: str, filename: Optional[str] = None) -> Optional[Resolution]:
         """A local of the selected file block: exact name, else a unique match ignoring ``.N``."""
-        if self._block is None:
+        block = self.block_of(filename)
+        if block is None:
             raise SymbolLookupError("no file block selected in the %s symbol table" % self.objname)
-        exact = [s for s in self._block.locals if s.name == name]
+        exact = [s for s in block.locals if s.name == name]
         if not exact:
             base = _NUMBER_SUFFIX.sub("", name)
-            exact = [s for s in self._block.locals if _NUMBER_SUFFIX.sub("", s.name) == base]
+            exact = [s for s in block.locals if _NUMBER_SUFFIX.sub("", s.name) == base]
         if len(exact) != 1:
             return None
         sym = exact[0]
@@ -250,12 +266,25 @@ def object_file_name(obj: ElfObject) -> Optional[str]:
     return None
 
 
-def object_local_names(obj: ElfObject) -> List[str]:
-    """Names of the object's own function/object locals (to recognise its file block)."""
+def object_local_names(obj: ElfObject, file_sym: Optional[Symbol] = None) -> List[str]:
+    """Names of the object's own function/object locals (of source file ``file_sym`` if given),
+    to recognise its file block."""
     return [s.name for s in obj.symbols[1:]
             if s.is_local and s.type in (STT_FUNC, STT_OBJECT) and s.section is not None
+            and (file_sym is None or s.file is file_sym)
             and not s.name.startswith(("__pfx_", "__cfi_", "__UNIQUE_ID_", "__already_done", "__func__",
                                        "__key", "_rs", "CSWTCH", "__warned"))]
+
+
+def source_file(sym: Symbol) -> Optional[str]:
+    """The source file a local symbol belongs to (its STT_FILE), when the object names it."""
+    return sym.file.name if sym.file is not None else None
+
+
+def running_name(sym: Symbol) -> str:
+    """The name the running kernel knows ``sym`` by: its original twin's (``lock.63240`` for the
+    patched ``lock.63243``: gcc numbers static locals anew in each build)."""
+    return sym.twin.name if sym.twin is not None else sym.name
 
 
 @dataclass
@@ -272,11 +301,11 @@ class Resolver:
     def resolve(self, sym: Symbol) -> Tuple[bool, Optional[Resolution]]:
         """(needs a klp relocation, where).  ``where`` None + False: a normal reference."""
         if sym.is_local:
-            found = self.symtab.find_local(sym.name)
+            found = self.symtab.find_local(running_name(sym), source_file(sym))
             if found is None:
+                block = self.symtab.block_of(source_file(sym))
                 raise SymbolLookupError("local symbol %s not found in the %s block of %s's symbol table"
-                                        % (sym.name, self.symtab._block.name if self.symtab._block else "?",
-                                           self.symtab.objname))
+                                        % (running_name(sym), block.name if block else "?", self.symtab.objname))
             return True, found
         info = self.exports.get(sym.name)
         if info is not None:
@@ -292,6 +321,8 @@ class Resolver:
             return True, found or Resolution(sym.name, self.symtab.objname, 0, sym.bind, sym.type, 0, 0)
         found = self.symtab.find_global(sym.name)
         if found is None:
-            raise SymbolLookupError("global symbol %s is neither exported (Module.symvers) nor defined in %s"
-                                    % (sym.name, self.symtab.objname))
+            # Neither exported nor in the parent: it can only be defined by another object of
+            # the patch module (a new global function of another patched file).  The reference
+            # stays ordinary; the build checks, once the module is linked, that it resolved.
+            return False, None
         return True, found

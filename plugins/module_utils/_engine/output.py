@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    SHF_ALLOC,
     SHN_UNDEF,
+    SHT_PROGBITS,
+    STB_LOCAL,
     STB_WEAK,
     STT_FILE,
     STT_FUNC,
@@ -43,7 +46,12 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermedi
     placeholder_name,
     section_symbol,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError, Resolver
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
+    Resolver,
+    SymbolLookupError,
+    running_name,
+    source_file,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
 
@@ -85,12 +93,52 @@ def _included_symbols(patched: ElfObject) -> List[Symbol]:
 def _resolve_changed_functions(changed: List[Symbol], resolver: Resolver) -> List[PatchedFunc]:
     funcs = []
     for sym in changed:
-        found = resolver.symtab.find_local(sym.name) if sym.is_local else resolver.symtab.find_global(sym.name)
+        name = running_name(sym)
+        found = resolver.symtab.find_local(name, source_file(sym)) if sym.is_local else \
+            resolver.symtab.find_global(name)
         if found is None:
             raise PatchRejected("changed function %s is not in the %s symbol table (inlined or renamed in the "
                                 "running kernel?)" % (sym.name, resolver.symtab.objname))
-        funcs.append(PatchedFunc(sym, found.value, found.size, found.sympos, found.objname))
+        funcs.append(PatchedFunc(sym, found.value, found.size, found.sympos, found.objname, found.name))
     return funcs
+
+
+IMPORT_NS = b"import_ns="
+
+
+def _modinfo_namespaces(patched: ElfObject) -> bytes:
+    """The ``import_ns=NS`` records of the patched object's ``.modinfo``, NUL-terminated.
+
+    The patched code may use symbols exported into a namespace (EXPORT_SYMBOL_NS): the patch
+    module must import it too, or modpost and the module loader refuse it.  Built-in code
+    spells the key ``<object>.import_ns=``; a module's own records are ``import_ns=``.
+    """
+    sec = patched.find_section(".modinfo")
+    if sec is None:
+        return b""
+    records = []
+    for record in sec.data.split(b"\0"):
+        at = record.find(IMPORT_NS)
+        if at >= 0:
+            records.append(record[at:] + b"\0")
+    return b"".join(records)
+
+
+def _add_modinfo(out: ElfObject, data: bytes) -> None:
+    if data:
+        out.sections.append(Section(name=".modinfo", sh_type=SHT_PROGBITS, flags=SHF_ALLOC, addralign=1,
+                                    data=data, size=len(data), include=True))
+
+
+def _localise_replacements(changed: List[Symbol]) -> None:
+    """Replacement functions become local, as in kpatch: no other object of the patch module
+    (the hook's init code, another patched file) may link to them directly and call them before
+    livepatch has applied their relocations; their callers reach them through the patched
+    original instead."""
+    for sym in changed:
+        sym.bind = STB_LOCAL
+        if sym.prefix is not None:
+            sym.prefix.bind = STB_LOCAL
 
 
 def _placeholder(placeholders: Dict[KlpSymbol, Symbol], ksym: KlpSymbol) -> Symbol:
@@ -189,6 +237,7 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
                     e_type=patched.e_type, e_machine=patched.e_machine, e_flags=patched.e_flags,
                     sections=sections, symbols=symbols)
     funcs = _resolve_changed_functions(changed, resolver)
+    _localise_replacements(changed)
     moved, objects, placeholders = _klp_relocations(sections, resolver)
     out.symbols.extend(placeholders)
     _jumps_into_functions_by_section(out)
@@ -197,5 +246,6 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
         if sec.rela is not None and sec.rela not in out.sections:
             sec.rela = None
     _drop_unreferenced_undefined(out)
+    _add_modinfo(out, _modinfo_namespaces(patched))
     emit_intermediate_sections(out, funcs, moved)
     return OutputResult(out, funcs, moved, objects)

@@ -13,7 +13,8 @@ other reference.
 Entry sizes of the kernel's structures are never assumed: they come from the
 caller's ``struct_sizes`` dict (filled from the kernel's DWARF by
 ``_kbuild/structsizes.py``, or from the environment variables kpatch uses —
-see :func:`struct_sizes_from_env`).  Arrays of ``s32`` offsets or of pointers
+see :func:`struct_sizes_from_env`), and are checked against the period of the
+section's own relocations (``stride.py``), which wins when the two disagree.  Arrays of ``s32`` offsets or of pointers
 are sized by their C element type.  ``__patchable_function_entries`` (x86
 CALL_PADDING kernels) is not kept: x86 ftrace uses ``__mcount_loc``, and the
 section is SHF_LINK_ORDER-tied to one text section of the original object.
@@ -38,6 +39,11 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.include import Includer
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import (
+    Stride,
+    StrideError,
+    section_stride,
+)
 
 # Key in struct_sizes → (C struct, environment variable).
 STRUCT_KEYS = {
@@ -108,21 +114,26 @@ class SpecialResult:
     keys: List[KeptKey] = field(default_factory=list)
 
 
-def entry_size(name: str, sec: Section, struct_sizes: Mapping[str, int]) -> int:
+def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]:
+    """The entry size the kernel declares for ``name`` and where it comes from (for messages)."""
     kind = SPECIAL_SECTIONS[name]
     if isinstance(kind, int):
-        size = kind
-    else:
-        if kind not in struct_sizes:
-            struct, var = STRUCT_KEYS[kind]
-            raise SpecialSectionError("section %s is present but the size of struct %s is unknown: pass "
-                                      "struct_sizes[%r] (from the kernel's DWARF) or set %s"
-                                      % (name, struct, kind, var))
-        size = int(struct_sizes[kind])
-    if size <= 0 or sec.size % size:
-        raise SpecialSectionError("section %s: size %d is not a multiple of its entry size %d"
-                                  % (name, sec.size, size))
-    return size
+        return kind, "element size"
+    struct, var = STRUCT_KEYS[kind]
+    if kind not in struct_sizes:
+        raise SpecialSectionError("section %s is present but the size of struct %s is unknown: pass "
+                                  "struct_sizes[%r] (from the kernel's DWARF) or set %s"
+                                  % (name, struct, kind, var))
+    return int(struct_sizes[kind]), "struct %s, %s" % (struct, var)
+
+
+def entry_stride(name: str, sec: Section, struct_sizes: Mapping[str, int]) -> Stride:
+    """How ``sec`` is cut into entries (see ``stride.py``)."""
+    size, what = declared_size(name, struct_sizes)
+    try:
+        return section_stride(sec, size, what)
+    except StrideError as exc:
+        raise SpecialSectionError(str(exc))
 
 
 def _function_of(sym: Symbol) -> Optional[Symbol]:
@@ -180,7 +191,8 @@ def _rebuild(sec: Section, keep: List[int], size: int, groups: Dict[int, List[Re
     for old in keep:
         new = len(data)
         if sec.data:
-            data += sec.data[old:old + size]
+            # a short last entry (no tail padding) gets its padding back: it may not stay last
+            data += sec.data[old:old + size].ljust(size, b"\0")
         for reloc in groups.get(old, []):
             reloc.offset = reloc.offset - old + new
             relocs.append(reloc)
@@ -191,11 +203,12 @@ def _rebuild(sec: Section, keep: List[int], size: int, groups: Dict[int, List[Re
         sec.rela.relocations = relocs
 
 
-def _regenerate(name: str, sec: Section, size: int, included: Dict[str, Symbol],
+def _regenerate(name: str, sec: Section, stride: Stride, included: Dict[str, Symbol],
                 inc: Includer, result: SpecialResult, pi_size: Optional[int] = None) -> List[int]:
+    size = stride.size
     groups = _group_relocations(sec, size)
     keep: List[int] = []
-    for offset in range(0, sec.size, size):
+    for offset in range(0, stride.count * size, size):
         relocs = groups.get(offset, [])
         if name == ".printk_index":
             func = _printk_function(relocs, included, pi_size)
@@ -209,7 +222,7 @@ def _regenerate(name: str, sec: Section, size: int, included: Dict[str, Symbol],
                 if reloc.offset - offset == KEY_FIELDS[name]:
                     result.keys.append(KeptKey(name, func.name, offset, reloc.sym))
     result.kept[name] = len(keep)
-    result.dropped[name] = sec.size // size - len(keep)
+    result.dropped[name] = stride.count - len(keep)
     _rebuild(sec, keep, size, groups)
     if keep:
         inc.include_section(sec)
@@ -256,9 +269,9 @@ def regenerate_special_sections(obj: ElfObject, struct_sizes: Mapping[str, int],
     for sec in obj.sections:
         if sec.name not in SPECIAL_SECTIONS or sec.is_rela:
             continue
-        size = entry_size(sec.name, sec, struct_sizes)
+        stride = entry_stride(sec.name, sec, struct_sizes)
         pi_size = struct_sizes.get("PRINTK_INDEX")
-        keep = _regenerate(sec.name, sec, size, included, inc, result, int(pi_size) if pi_size else None)
+        keep = _regenerate(sec.name, sec, stride, included, inc, result, int(pi_size) if pi_size else None)
         if sec.name == ".orc_unwind_ip":
             ip_keep = keep
     if obj.find_section(".orc_unwind") is not None:

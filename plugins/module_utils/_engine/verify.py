@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Set
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
-    R_X86_64_64,
     R_X86_64_PC32,
-    R_X86_64_PC64,
     R_X86_64_PLT32,
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -34,16 +32,19 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
+    family_relocations,
+    is_call_site_data,
     is_special_static,
     is_static_local,
     strip_number,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import KeptKey, special_section_names
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import relocation_width
 
 FENTRY = "__fentry__"
 # Bytes from a function's start within which the fentry call must sit (endbr64 + call).
 FENTRY_WINDOW = 16
-_IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".data.once", ".data..once", "__dyndbg", ".discard",
+_IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".discard",
                           "__ksymtab", "___ksymtab", ".kpatch.", ".note", ".comment", ".modinfo",
                           "__param", ".init.", ".exit.", "__tracepoints_strings", "__bpf_raw_tp_map",
                           # one entry per function (CALL_PADDING kernels); grows with new functions
@@ -64,6 +65,10 @@ def check_headers(orig: ElfObject, patched: ElfObject) -> None:
 
 
 def check_init_changes(patched: ElfObject) -> None:
+    """A real change to ``__init``/``__exit`` code is refused: it ran at boot (or runs at unload) and
+    the patch cannot give it effect.  Changes that are only side effects of the patch never get here:
+    moved offsets into ``.altinstr_aux`` compare equal, and KPATCH_IGNORE_SECTION marks a section's
+    functions unchanged (``compare.py``)."""
     for sym in patched.symbols[1:]:
         if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.section is None:
             continue
@@ -75,7 +80,7 @@ def check_init_changes(patched: ElfObject) -> None:
 def _is_checked_data(sec: Section) -> bool:
     if not sec.flags & SHF_ALLOC or sec.flags & SHF_EXECINSTR or sec.is_rela:
         return False
-    if sec.name in special_section_names() or sec.name.startswith(_IGNORED_DATA_PREFIXES):
+    if sec.name in special_section_names() or sec.name.startswith(_IGNORED_DATA_PREFIXES) or is_call_site_data(sec):
         return False
     if sec.sym is not None and is_special_static(sec.sym):
         return False
@@ -153,29 +158,23 @@ def check_groups(patched: ElfObject) -> None:
                                 "sections cannot be live patched" % sec.name)
 
 
-def _static_local_bases(sec: Section) -> Set[str]:
-    if sec.rela is None:
-        return set()
-    return {strip_number(r.sym.name) for r in sec.rela.relocations
+def _static_local_bases(func: Symbol) -> Set[str]:
+    return {strip_number(r.sym.name) for r in family_relocations(func)
             if is_static_local(r.sym) and not is_special_static(r.sym)}
 
 
 def check_static_local_references(patched: ElfObject) -> None:
-    """A changed function must keep referencing the static locals it used to reference."""
+    """A changed function (with its children) must keep referencing the static locals it used to."""
     for sym in patched.symbols[1:]:
-        if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.twin is None:
+        if sym.type != STT_FUNC or sym.status != Status.CHANGED or sym.twin is None or sym.parent is not None:
             continue
         if sym.section is None or sym.twin.section is None or sym.section.sym is not sym:
             continue
-        removed = _static_local_bases(sym.twin.section) - _static_local_bases(sym.section)
+        removed = _static_local_bases(sym.twin) - _static_local_bases(sym)
         if removed:
             raise PatchRejected("function %s no longer references static local variable(s) %s: the patched "
                                 "code could not share their state with the running kernel; keep a reference "
                                 "(see the patch author guide)" % (sym.name, ", ".join(sorted(removed))))
-
-
-def _reloc_width(rtype: int) -> int:
-    return 8 if rtype in (R_X86_64_64, R_X86_64_PC64) else 4
 
 
 def _target_window(reloc: Relocation, in_text: bool) -> tuple:
@@ -195,7 +194,7 @@ def check_relocation_ranges(sections: Iterable[Section]) -> None:
             continue
         base = sec.base
         for reloc in sec.relocations:
-            if reloc.offset < 0 or reloc.offset + _reloc_width(reloc.type) > base.size:
+            if reloc.offset < 0 or reloc.offset + relocation_width(reloc.type) > base.size:
                 raise PatchRejected("relocation at %s+%#x (type %d) lies outside the section (%d bytes)"
                                     % (base.name, reloc.offset, reloc.type, base.size))
             target = reloc.sym

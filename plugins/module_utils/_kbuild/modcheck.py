@@ -19,6 +19,13 @@ LTO_CLANG kernels), objtool also skips every list a part of the module already c
 engine's outputs carry such lists when their original object went through objtool at
 compile time (a single-object module such as loop.ko), so ``strip_objtool_output``
 removes them first and objtool writes them afresh for the whole module.
+
+``check_undefined_symbols`` closes the engine's multi-object rule: a global that is
+neither exported nor in the parent keeps an ordinary relocation because it can only
+be defined by another object of the patch module.  Once the module is linked (and its
+livepatch relocations converted), any undefined symbol left must be an export from
+Module.symvers; otherwise the module could not load, and the build names the symbol
+and the object that wanted it.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import SHF_ALLOC
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import SHF_ALLOC, STB_WEAK, STT_SECTION
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import parse_config
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
@@ -36,6 +43,9 @@ RETURN_THUNK = "__x86_return_thunk"
 INDIRECT_THUNK_PREFIXES = ("__x86_indirect_thunk_", "__x86_indirect_its_thunk_")
 # x86 encodings of the instructions whose rel32 field the relocation patches.
 JMP_REL32, CALL_REL32 = 0xE9, 0xE8
+# -mindirect-branch-cs-prefix (6.0+) puts a CS segment prefix before calls to the r8-r15 thunks
+# ("cs call"), so the loader can rewrite them in place; objtool lists the site at the prefix.
+CS_PREFIX = 0x2E
 
 
 # What objtool writes (and refuses to write twice); compiler-made tables (__jump_table, __bug_table,
@@ -96,7 +106,7 @@ def _site_targets(obj, name: str) -> Set[Tuple[int, int]]:
 
 
 def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
-    """(section, instruction offset, symbol) of every rel32 jump/call in code to a thunk ``wanted`` accepts."""
+    """(section, opcode offset, symbol) of every rel32 jump/call in code to a thunk ``wanted`` accepts."""
     uses = []
     for rela in obj.sections:
         base = rela.base
@@ -107,6 +117,13 @@ def _thunk_uses(obj, wanted) -> List[Tuple[object, int, str]]:
             if wanted(rel.sym.name) and 0 <= insn < len(base.data) and base.data[insn] in (JMP_REL32, CALL_REL32):
                 uses.append((base, insn, rel.sym.name))
     return uses
+
+
+def _is_listed(listed: Set[Tuple[int, int]], sec, opcode: int) -> bool:
+    """The site list names the instruction: at its opcode, or at a CS prefix right before it."""
+    if (id(sec), opcode) in listed:
+        return True
+    return opcode > 0 and sec.data[opcode - 1] == CS_PREFIX and (id(sec), opcode - 1) in listed
 
 
 def loader_patches(source_root: Optional[Path]) -> Set[str]:
@@ -137,13 +154,13 @@ def check_objtool_sites(ko: Path, config_text: str, source_root: Optional[Path] 
         uses = _thunk_uses(obj, lambda name: name == RETURN_THUNK)
         result.returns = len(uses)
         result.problems += [f"{sec.name}+{off:#x}: return through {sym} not listed in .return_sites"
-                            for sec, off, sym in uses if (id(sec), off) not in listed]
+                            for sec, off, sym in uses if not _is_listed(listed, sec, off)]
     if enabled & {"CONFIG_RETPOLINE", "CONFIG_MITIGATION_RETPOLINE"} and "apply_retpolines" in applied:
         listed = _site_targets(obj, ".retpoline_sites")
         uses = _thunk_uses(obj, lambda name: name.startswith(INDIRECT_THUNK_PREFIXES))
         result.retpolines = len(uses)
         result.problems += [f"{sec.name}+{off:#x}: indirect call through {sym} not listed in .retpoline_sites"
-                            for sec, off, sym in uses if (id(sec), off) not in listed]
+                            for sec, off, sym in uses if not _is_listed(listed, sec, off)]
     if "CONFIG_UNWINDER_ORC" in enabled:
         orc_ip = obj.find_section(".orc_unwind_ip")
         has_code = any(s.is_text and s.size and s.flags & SHF_ALLOC for s in obj.sections)
@@ -159,3 +176,37 @@ def check_objtool_sites(ko: Path, config_text: str, source_root: Optional[Path] 
                                f"{f' (and {more} more)' if more > 0 else ''}. objtool probably stopped on the "
                                "linked module: see 'objtool' lines in the build log")
     return result
+
+
+def _undefined_names(path: Path) -> Set[str]:
+    """Names of the undefined, non-weak symbols an object's relocations use."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+
+    obj = read_elf(str(path))
+    return {r.sym.name for sec in obj.sections if sec.is_rela for r in sec.relocations
+            if r.sym.is_undefined and r.sym.type != STT_SECTION and r.sym.bind != STB_WEAK and r.sym.name}
+
+
+def check_undefined_symbols(ko: Path, objects: Mapping[Path, str], symvers: Optional[Path]) -> int:
+    """Raise ModuleCheckError unless every undefined symbol of the linked ``ko`` is exported.
+
+    ``objects`` maps each engine output linked into ``ko`` to the kernel object it was
+    made from (named in the error).  Weak references may stay unresolved, as in the kernel
+    itself; livepatch symbols (SHN_LIVEPATCH) are not undefined.  Returns how many
+    undefined symbols Module.symvers resolves.
+    """
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import read_symvers
+
+    exports = read_symvers(str(symvers)) if symvers is not None and Path(symvers).is_file() else {}
+    missing = sorted(_undefined_names(ko) - set(exports))
+    if not missing:
+        return len(_undefined_names(ko))
+    wanted_by = {path: _undefined_names(path) for path in objects}
+    problems = []
+    for name in missing:
+        users = [f"{objects[p]} ({Path(p).name})" for p in objects if name in wanted_by[p]]
+        problems.append(f"{name} (wanted by {', '.join(users) or 'the patch hook'})")
+    raise ModuleCheckError(f"{ko.name}: undefined symbol(s) that no object of the patch module defines and "
+                           f"the kernel does not export (Module.symvers): {'; '.join(problems)}. A global "
+                           "that is neither exported nor in the patched kernel object must be defined by "
+                           "another patched object of the same module")

@@ -31,6 +31,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
+    check_undefined_symbols,
     objtool_runs_on_linked_module,
     strip_objtool_output,
 )
@@ -224,6 +225,11 @@ def _parent_file(req: BuildRequest, parent: str, scratch: Path) -> Path:
     return find_module_ko(req.modules_dir, parent, scratch)
 
 
+def engine_output_path(out_dir: Path, index: int, obj: str) -> Path:
+    """Where ``run_engine`` writes the output of the ``index``-th object (sorted order)."""
+    return out_dir / f"output-{index}-{Path(obj).stem}.o"
+
+
 def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched_dir: Path,
                out_dir: Path, sizes: Dict[str, int], log: StepLog) -> List[ObjectDiff]:
     """Diff each original/patched object pair; return what changed, write outputs to ``out_dir``."""
@@ -239,7 +245,7 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
             if parent not in symtabs:
                 source = _parent_file(req, parent, out_dir.parent / "parents")
                 symtabs[parent] = load_parent_symtab(str(source), parent)
-            out = out_dir / f"output-{index}-{Path(obj).stem}.o"
+            out = engine_output_path(out_dir, index, obj)
             result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
                                         str(symvers) if symvers.is_file() else None, req.module_name, str(out),
                                         struct_sizes=sizes)
@@ -406,6 +412,12 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         res.detail = (f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections "
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")
+    with log.step("check-undefined-symbols") as res:
+        symvers = Path(req.headers) / "Module.symvers"
+        made_from = {engine_output_path(out_dir, i, obj): obj for i, obj in enumerate(sorted(pairs))}
+        resolved = check_undefined_symbols(klp_ko, {p: o for p, o in made_from.items() if p.is_file()},
+                                           symvers if symvers.is_file() else None)
+        res.detail = f"{resolved} undefined symbols, all exported"
     with log.step("check-objtool-sites") as res:
         sites = check_objtool_sites(klp_ko, config_text, compiled.source_root)
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
