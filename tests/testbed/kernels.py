@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 DEFAULT_RELEASE = "6.1.0-50-cloud-amd64"
+# Bumped when the unpacked sysroot's layout changes, so that caches are unpacked again.
+SYSROOT_STAMP = ".kpatch-testbed-sysroot"
+SYSROOT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -279,11 +282,12 @@ def _unpack_sysroot(art: KernelArtifacts) -> None:
     try:
         for role in (*art.spec.image_roles(), "headers", "headers_common", "kbuild"):
             _extract(art.debs[role], tmp)
-        # The headers Makefile includes the common tree by absolute path; point it into the cache
-        # so kbuild works without installing anything.
+        # The headers Makefile names the common tree (and, from 7.x, KBUILD_OUTPUT) by absolute
+        # path under /usr/src; point those into the cache so kbuild works without installing anything.
         hdr = tmp / "usr" / "src" / f"linux-headers-{art.release}"
-        common = target / "usr" / "src" / f"linux-headers-{art.spec.common}"
-        (hdr / "Makefile").write_text(f"include {common}/Makefile\n")
+        original = (hdr / "Makefile").read_text()
+        (hdr / "Makefile").write_text(original.replace("/usr/src/", f"{target}/usr/src/"))
+        (tmp / SYSROOT_STAMP).write_text(f"{SYSROOT_FORMAT}\n")
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -346,7 +350,9 @@ def fetch_kernel(release: str = DEFAULT_RELEASE, with_dbg: bool = True,
         pkgs = spec.packages()
         for role in wanted:
             art.debs[role] = _download(spec, role, pkgs[role])
-        if not (art.headers / "Makefile").exists() or not art.vmlinuz.exists():
+        stamp = art.sysroot / SYSROOT_STAMP
+        current = stamp.is_file() and stamp.read_text().strip() == str(SYSROOT_FORMAT)
+        if not current or not (art.headers / "Makefile").exists() or not art.vmlinuz.exists():
             log(f"unpacking image and headers for {release}")
             _unpack_sysroot(art)
         if with_dbg and not art.vmlinux.exists():

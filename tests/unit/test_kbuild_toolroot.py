@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import header_binds, needs_toolchain
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolroot import (
     ToolRoot, debian_archive_uri, debian_suite, gcc_package, root_key)
 
@@ -95,3 +96,20 @@ def test_wrap_fails_when_the_command_fails(busybox_root: Path, tmp_path: Path) -
     proc = subprocess.run(tr.wrap(["/bin/sh", "-c", "exit 7"], cwd=tmp_path, binds=[]),
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 7
+
+
+def test_only_toolchain_commands_go_into_the_root(tmp_path: Path) -> None:
+    kbuild = tmp_path / "usr" / "lib" / "linux-kbuild-7.2"
+    (kbuild / "scripts").mkdir(parents=True)
+    (kbuild / "scripts" / "sign-file").write_text("")
+    common = tmp_path / "usr" / "src" / "linux-headers-7.2.13+deb14-common"
+    common.mkdir(parents=True)
+    headers = tmp_path / "usr" / "src" / "linux-headers-7.2.13+deb14-cloud-amd64"
+    headers.mkdir(parents=True)
+    (headers / "scripts").symlink_to(kbuild / "scripts")
+    (headers / "Makefile").write_text(f"include {common}/Makefile\n")
+    assert set(header_binds(headers)) == {headers.resolve(), kbuild / "scripts", common}
+    assert needs_toolchain(["make", "-C", "/x", "modules_prepare"], headers)
+    assert needs_toolchain([str(headers / "scripts" / "sign-file"), "sha256"], headers)
+    for host_side in (["cp", "-al", "/a", "/b"], ["patch", "-p1"], ["apt-get", "download", "x"], ["/bin/cp"]):
+        assert not needs_toolchain(host_side, headers)

@@ -12,6 +12,7 @@ the host's compiler (which then builds in a tree of its own).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,26 @@ def build_binds(req: BuildRequest, work: Path) -> List[Path]:
     return existing
 
 
-def _wrapper(root: ToolRoot, binds: Sequence[Path], work: Path) -> CommandWrapper:
+def needs_toolchain(argv: Sequence[str], headers: Path) -> bool:
+    """Commands that run the kernel's toolchain: ``make`` (gcc, ld, objtool, modpost, pahole run under
+    it) and the headers' own programs (``scripts/sign-file``, built for the kernel's suite).
+
+    Everything else (``cp -al`` of the source, ``patch``, downloads) stays on the host: inside
+    the root, each bound directory is a mount of its own, and hard links across them fail.
+    """
+    program = str(argv[0]) if argv else ""
+    if os.path.basename(program) == "make":
+        return True
+    if not os.path.isabs(program):
+        return False
+    return any(candidate.startswith(str(base) + os.sep)
+               for candidate in (program, os.path.realpath(program)) for base in [headers, *header_binds(headers)])
+
+
+def _wrapper(root: ToolRoot, binds: Sequence[Path], work: Path, headers: Path) -> CommandWrapper:
     def wrap(argv: Sequence[str], cwd: Optional[Path]) -> List[str]:
+        if not needs_toolchain(argv, headers):
+            return list(argv)
         return root.wrap(argv, Path(cwd) if cwd else work, binds)
     return wrap
 
@@ -96,6 +115,7 @@ def choose_toolchain(req: BuildRequest, log: StepLog, work: Path) -> Toolchain:
         return Toolchain(other_compiler=check.host, detail=f"kernel '{check.kernel}', host '{check.host}' (skipped)")
     suite = str(debian_suite(req.release))
     root, reused = ensure_toolroot(Path(req.cache_dir), suite, kernel, log, mirror=req.toolchain_root_mirror)
-    return Toolchain(other_compiler=None, root=root, wrapper=_wrapper(root, build_binds(req, work), work),
+    return Toolchain(other_compiler=None, root=root,
+                     wrapper=_wrapper(root, build_binds(req, work), work, Path(req.headers)),
                      detail=f"'{kernel}' in the toolchain root {root.path} ({suite}, "
                             f"{'reused' if reused else 'made'}); the host has '{host}'")
