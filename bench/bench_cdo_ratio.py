@@ -112,7 +112,7 @@ def run_big(tool: Path, name: str, symtab: Path, work: Path, runs: int) -> Run:
     pair = build_pair(name)
     env = {**os.environ, **kernel_struct_sizes()}
     best: Optional[Run] = None
-    for _ in range(runs):
+    for _attempt in range(runs):
         run = timed(tool_argv(tool, pair.orig, pair.patched, symtab, work / f"{name}.out.o"), env, work)
         if run.rc not in (0, 3):
             return run  # refused: reported as such, no ratio

@@ -53,11 +53,12 @@ _raw:
 import hashlib
 import io
 import os
-import tempfile
 import zipfile
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
+
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.atomic import atomic_write
 
 PACKAGE = "kpatch_target"
 SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils", "_target")
@@ -97,18 +98,8 @@ def publish(data, cache_dir):
         with open(path, "rb") as fh:
             if fh.read() == data:
                 return path
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s-" % PACKAGE, dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        # Atomic: a concurrent play never reads a half-written archive.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Atomic: a concurrent play never reads a half-written archive.
+    atomic_write(path, data)
     return path
 
 

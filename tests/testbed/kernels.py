@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolroot import debian_archive_uri
+
 DEFAULT_RELEASE = "6.1.0-50-cloud-amd64"
 # Bumped when the unpacked sysroot's layout changes, so that caches are unpacked again.
 SYSROOT_STAMP = ".kpatch-testbed-sysroot"
@@ -190,23 +192,6 @@ class KernelArtifacts:
         return tree
 
 
-def machine_archive_uri() -> str:
-    """The URI of the Debian archive this machine's own apt configuration uses."""
-    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]:
-        if not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            words = line.split()
-            if words[:1] == ["URIs:"] and len(words) > 1 and words[1].rstrip("/").endswith("/debian"):
-                return words[1]
-            if words[:1] == ["deb"]:
-                uris = [w for w in words[1:] if "://" in w]
-                if uris and uris[0].rstrip("/").endswith("/debian"):
-                    return uris[0]
-    raise TestbedError("no Debian archive in this machine's apt sources (/etc/apt/sources.list.d/*.sources, "
-                       "/etc/apt/sources.list): cannot reach another suite")
-
-
 def apt_options(suite: Optional[str]) -> list:
     """apt-get options that read a private sources list for ``suite`` (none for the machine's own).
 
@@ -227,7 +212,7 @@ def apt_options(suite: Optional[str]) -> list:
         (lists / "partial").mkdir(parents=True, exist_ok=True)
         (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
-        sources.write_text(f"deb [signed-by={keyring}] {machine_archive_uri()} {suite} main\n", encoding="utf-8")
+        sources.write_text(f"deb [signed-by={keyring}] {debian_archive_uri()} {suite} main\n", encoding="utf-8")
         log(f"apt-get update of suite {suite} (private sources list {sources})")
         proc = subprocess.run(["apt-get", *opts, "update", "-q"], capture_output=True, text=True, check=False)
         if proc.returncode != 0 or "Err:" in proc.stdout:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
+
+from .atomic import atomic_write
 
 LAST_CHANGE = "kpatch_livepatch_last_change_timestamp_seconds"
 _HELP = {
@@ -106,16 +107,5 @@ def write_metrics(path: str, info: Dict[str, object], changed: bool, now: Option
     stamp = now if now is not None else time.time()
     last = stamp if changed else (previous_last_change(path) or stamp)
     text = render_metrics(info, last)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".kpatch-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"))
     return text
