@@ -66,3 +66,12 @@ def test_tools_import_the_collection_without_creating_anything(tmp_path: Path) -
     assert "create-diff-object" in proc.stdout
     assert sorted(p.name for p in REPO.iterdir()) == before
     assert not (REPO / ".collection").exists()
+
+
+def test_test_files_have_unique_basenames() -> None:
+    """pytest (rootdir-relative imports, no packages) refuses to collect two test files of one name."""
+    seen: dict = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, clashes
