@@ -225,3 +225,13 @@ def test_changed_export_table_is_rejected_with_its_section(tmp_path):
            "    __attribute__((used, section(\"___ksymtab+shared_fn\"), aligned(4))) = { 0, 0, 1 };\n")
     msg = rejection(tmp_path, src, src.replace("0, 0, 1", "0, 0, 2"))
     assert "section ___ksymtab+shared_fn changed" in msg
+
+
+def test_jump_label_key_is_found_by_its_relocation_not_its_offset(tmp_path):
+    # The same entry with the key first: an engine reading offset 8 would take the jump target
+    # (code) for the key and miss the module key.
+    key_first = JUMP_LABEL.replace(r".long 1b - .\n\t.long %l[l_yes] - .\n\t.quad %c0 - .\n\t",
+                                   r".quad %c0 - .\n\t.long 1b - .\n\t.long %l[l_yes] - .\n\t")
+    assert key_first != JUMP_LABEL
+    msg = rejection(tmp_path, key_first, key_first.replace("x * 2", "x * 3"), parent_name="mymod")
+    assert "jump label in function keyed uses key fast_path defined in module mymod" in msg
