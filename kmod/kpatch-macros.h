@@ -15,9 +15,18 @@
  *     klp_shadow_get_or_alloc(obj, ID, size, GFP_ATOMIC, ctor, ctor_data)
  *         where the patched code first needs the field;
  *     klp_shadow_get(obj, ID) to read it;
- *     klp_shadow_free(obj, ID, dtor) where the object is freed, and
- *     klp_shadow_free_all(ID, dtor) from a KPATCH_POST_UNPATCH_CALLBACK so
- *         nothing outlives the patch.
+ *     klp_shadow_free(obj, ID, dtor) where the object is freed.
+ *   Patch modules are built for atomic replace: a patch retired by its
+ *   replacement is never unpatched, so its post-unpatch callback does NOT run
+ *   then (only when the patch is disabled by hand).  Freeing shadows there
+ *   alone leaks them, or frees them under a replacement that still uses them.
+ *   The replace-safe way: a replacement that keeps the field reuses the ID and
+ *   the layout (the shadows carry over); one that drops it frees them in its
+ *   own KPATCH_PRE_PATCH_CALLBACK / KPATCH_POST_PATCH_CALLBACK with
+ *   klp_shadow_free_all(ID, dtor) (the kernel's klp_state API, 5.7+, lets a
+ *   patch declare which shadow IDs it takes over).  Keep
+ *   klp_shadow_free_all(ID, dtor) in a KPATCH_POST_UNPATCH_CALLBACK as well,
+ *   for the disable-by-hand path.
  *   Pick IDs unique across all patches (e.g. a constant derived from the CVE
  *   number), keep the shadow's struct layout identical in later cumulative
  *   patches that reuse an ID, and remember that objects allocated before the

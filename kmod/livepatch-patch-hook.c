@@ -29,13 +29,18 @@
 
 #include "kpatch-patch.h"
 
-/* klp_enable_patch() without klp_register_patch(): v5.1, RHEL 8.2. */
+/*
+ * Livepatch must apply the module's vmlinux relocations before its .altinstructions and
+ * __jump_table are processed: v5.8, RHEL 8.4 (4.18.0-284).  Older kernels run jump labels
+ * with a zero key and alternatives unrelocated.  (The build refuses them earlier, in
+ * _kbuild/distro.py; this is the backstop for trees it did not plan.)
+ */
 #if defined(RHEL_RELEASE_CODE)
-# if RHEL_RELEASE_CODE < RHEL_RELEASE_VERSION(8, 2)
-#  error "kpatch.livepatch patch modules need RHEL 8.2 or later (klp_enable_patch with atomic replace)"
+# if RHEL_RELEASE_CODE < RHEL_RELEASE_VERSION(8, 4)
+#  error "kpatch.livepatch needs RHEL 8.4 (4.18.0-284) or later: older livepatch relocates after jump labels"
 # endif
-#elif LINUX_VERSION_CODE < KERNEL_VERSION(5, 1, 0)
-# error "kpatch.livepatch patch modules need Linux 5.1 or later (klp_enable_patch with atomic replace)"
+#elif LINUX_VERSION_CODE < KERNEL_VERSION(5, 8, 0)
+# error "kpatch.livepatch needs Linux 5.8 or later: older livepatch relocates after jump labels and alternatives"
 #endif
 
 #ifndef KLP_REPLACE

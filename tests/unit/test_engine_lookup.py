@@ -154,3 +154,58 @@ def test_parent_symtab_built_directly():
     table = ParentSymtab(syms, "vmlinux")
     with pytest.raises(SymbolLookupError):
         table.select_file_block("nope.c", [])
+
+
+# A global ``shared_name`` (in other.c) and a local of the same name (in x.c): the kernel's
+# klp_find_object_symbol counts both, in kallsyms (address) order.
+GLOBAL_TWIN = "__attribute__((noinline)) int shared_name(int x) { return x - 7; }\n"
+LOCAL_TWIN = r"""
+__attribute__((noinline)) static int shared_name(int x) { return x * 5 + 1; }
+int use_local(int x) { return shared_name(x) + 3; }
+"""
+GLOBAL_USER = r"""
+extern int shared_name(int x);
+int use_global(int x) { return shared_name(x) + 3; }
+"""
+
+
+def _case_with_parent(tmp_path, src, patched, parent_sources):
+    """An engine case whose parent links ``parent_sources`` (name → source; "x.c" is the original)."""
+    case = make_case(tmp_path, src, patched)
+    objs = [case.orig if name == "x.c" else compile_c(text, tmp_path / name[:-2], name=name)
+            for name, text in parent_sources]
+    case.parent = link_parent(objs, tmp_path / "parent-ordered.o")
+    return run_engine(case)
+
+
+def test_local_sympos_counts_a_same_named_global_at_a_lower_address(tmp_path):
+    case = _case_with_parent(tmp_path, LOCAL_TWIN, LOCAL_TWIN.replace("+ 3", "+ 4"),
+                             [("g.c", GLOBAL_TWIN), ("x.c", LOCAL_TWIN)])
+    refs = [r for r in case.klp_relocations() if r["name"] == "shared_name"]
+    # the global comes first in kallsyms: the local is the second symbol of that name
+    assert refs and {r["sympos"] for r in refs} == {2}
+
+
+def test_global_with_a_same_named_local_gets_its_position(tmp_path):
+    case = _case_with_parent(tmp_path, GLOBAL_USER, GLOBAL_USER.replace("+ 3", "+ 4"),
+                             [("l.c", LOCAL_TWIN.replace("use_local", "use_other")), ("x.c", GLOBAL_USER),
+                              ("g.c", GLOBAL_TWIN)])
+    refs = [r for r in case.klp_relocations() if r["name"] == "shared_name"]
+    # sympos 0 would make the kernel refuse the patch ("unresolvable ambiguity"): it is the 2nd
+    assert refs and {(r["sympos"], r["objname"]) for r in refs} == {(2, "vmlinux")}
+
+
+def test_module_symbol_whose_position_depends_on_init_symbols_is_refused(tmp_path):
+    init_twin = ("__attribute__((noinline, section(\".init.text\"))) static int shared_name(int x) "
+                 "{ return x - 9; }\nint init_user(int x) { return shared_name(x); }\n")
+    case = make_case(tmp_path, LOCAL_TWIN, LOCAL_TWIN.replace("+ 3", "+ 4"))
+    case.parent = link_parent([compile_c(init_twin, tmp_path / "i", name="i.c"), case.orig],
+                              tmp_path / "parent-init.o")
+    with pytest.raises(SymbolLookupError, match="shared_name of my_driver .*init"):
+        symtab = load_parent_symtab(str(case.parent), "my_driver")
+        symtab.select_file_block("x.c", ["shared_name", "use_local"])
+        symtab.find_local("shared_name")
+    # vmlinux keeps its init symbols in kallsyms: counted, no refusal
+    symtab = load_parent_symtab(str(case.parent), "vmlinux")
+    symtab.select_file_block("x.c", ["shared_name", "use_local"])
+    assert symtab.find_local("shared_name").sympos == 2

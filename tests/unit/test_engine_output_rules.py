@@ -100,3 +100,33 @@ def test_clone_numbers_in_the_middle_of_names_still_pair(tmp_path):
     assert case.result.changed_functions == ["scaled_user"]
     assert case.result.promoted == []
     assert [r["name"] for r in case.klp_relocations() if r["name"].startswith("scaled")] == ["scaled.constprop.18"]
+
+
+# A timer/work-style callback registered by patched code: both functions change.
+CALLBACK = r"""
+struct timer { void (*fn)(struct timer *); };
+extern void arm(struct timer *t);
+__attribute__((noinline)) void on_expiry(struct timer *t) { _printk("expired %p\n", t); }
+__attribute__((noinline)) static void on_local_expiry(struct timer *t) { _printk("local %p\n", t); }
+void start(struct timer *t, int local) { t->fn = local ? on_local_expiry : on_expiry; arm(t); }
+"""
+
+
+def test_address_of_a_changed_function_is_the_originals(tmp_path):
+    patched = CALLBACK.replace("expired %p", "expired! %p").replace("local %p", "local! %p") \
+        .replace("arm(t); }", "arm(t); _printk(\"armed\\n\"); }")
+    case = run_engine(make_case(tmp_path, CALLBACK, patched, exports=DEFAULT_EXPORTS + ("arm",)))
+    assert sorted(case.result.changed_functions) == ["on_expiry", "on_local_expiry", "start"]
+    taken = {(r["name"], r["objname"]) for r in case.klp_relocations()
+             if r["section"].startswith(".text.start") and r["type"] == 11}   # R_X86_64_32S
+    # the pointers stored in the timer name the running kernel's functions, not this module's copies
+    assert taken == {("on_expiry", "vmlinux"), ("on_local_expiry", "vmlinux")}
+
+
+def test_address_of_a_new_function_stays_in_the_module(tmp_path):
+    patched = CALLBACK.replace("void start(", "__attribute__((noinline)) void fresh(struct timer *t) "
+                               "{ _printk(\"fresh\\n\"); }\nvoid start(").replace("? on_local_expiry", "? fresh")
+    case = run_engine(make_case(tmp_path, CALLBACK, patched, exports=DEFAULT_EXPORTS + ("arm",)))
+    assert "fresh" in case.result.new_functions
+    assert not [r for r in case.klp_relocations() if r["name"] == "fresh"]
+    assert any(r.sym.name == "fresh" for r in case.relocations(".text.start"))

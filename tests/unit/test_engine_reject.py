@@ -176,3 +176,62 @@ def test_every_module_key_of_a_function_is_named(tmp_path):
                         "return x * 7; }\n")
     msg = rejection(tmp_path, src, src.replace("x * 7", "x * 9"), parent_name="mymod")
     assert "jump label in function keyed_twice uses key fast_path defined in module mymod (also: slow_path)" in msg
+
+
+def test_changed_original_without_fentry_is_rejected_even_if_patch_adds_it(tmp_path):
+    # ftrace must hook the running (original) function: a notrace original cannot be patched,
+    # whatever the patched copy looks like.
+    src = "__attribute__((no_instrument_function)) int quiet(int x) { return x * 3; }\n"
+    patched = "int quiet(int x) { return x * 4; }\n"
+    msg = rejection(tmp_path, src, patched)
+    assert "quiet" in msg and "original has no __fentry__" in msg
+
+
+def test_patch_making_a_traced_function_notrace_is_accepted(tmp_path):
+    src = "int loud(int x) { return x * 3; }\n"
+    patched = "__attribute__((no_instrument_function)) int loud(int x) { return x * 3; }\n"
+    case = run_engine(make_case(tmp_path, src, patched))
+    assert case.result.changed_functions == ["loud"]
+    assert [f["name"] for f in case.funcs()] == ["loud"]
+
+
+PARAM = r"""
+struct kernel_param { const char *name; void *mod; const void *ops; unsigned short perm;
+                      signed char level; unsigned char flags; void *arg; };
+static int debug_level;
+static const struct kernel_param __param_debug_level __attribute__((used, section("__param"), aligned(8))) =
+    { "debug_level", 0, 0, 0644, -1, 0, &debug_level };
+int get_debug_level(void) { return debug_level; }
+"""
+
+
+def test_changed_module_parameter_is_rejected_with_its_section(tmp_path):
+    msg = rejection(tmp_path, PARAM, PARAM.replace("0644", "0444"), parent_name="mymod")
+    assert "section __param changed" in msg and "module parameters" in msg
+
+
+def test_changed_init_data_is_rejected_with_its_section(tmp_path):
+    src = ("static int boot_limit __attribute__((used, section(\".init.data\"))) = 5;\n"
+           "int runtime(int x) { return x; }\n")
+    msg = rejection(tmp_path, src, src.replace("= 5", "= 6"))
+    assert "section .init.data changed" in msg and "__init data" in msg
+
+
+def test_changed_export_table_is_rejected_with_its_section(tmp_path):
+    # the export of a symbol moved to another namespace: its ___ksymtab+ entry changes
+    src = ("int shared_fn(int x) { return x; }\n"
+           "static const char ns[] __attribute__((used, section(\"__ksymtab_strings\"))) = \"NS_A\";\n"
+           "static const struct { int value, name, ns; } __ksymtab_shared_fn\n"
+           "    __attribute__((used, section(\"___ksymtab+shared_fn\"), aligned(4))) = { 0, 0, 1 };\n")
+    msg = rejection(tmp_path, src, src.replace("0, 0, 1", "0, 0, 2"))
+    assert "section ___ksymtab+shared_fn changed" in msg
+
+
+def test_jump_label_key_is_found_by_its_relocation_not_its_offset(tmp_path):
+    # The same entry with the key first: an engine reading offset 8 would take the jump target
+    # (code) for the key and miss the module key.
+    key_first = JUMP_LABEL.replace(r".long 1b - .\n\t.long %l[l_yes] - .\n\t.quad %c0 - .\n\t",
+                                   r".quad %c0 - .\n\t.long 1b - .\n\t.long %l[l_yes] - .\n\t")
+    assert key_first != JUMP_LABEL
+    msg = rejection(tmp_path, key_first, key_first.replace("x * 2", "x * 3"), parent_name="mymod")
+    assert "jump label in function keyed uses key fast_path defined in module mymod" in msg

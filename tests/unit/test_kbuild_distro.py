@@ -107,3 +107,21 @@ def test_version_helpers():
     assert upstream_version("5.15.0-91-generic") == "5.15.0"
     rel = parse_rpm_release("5.14.0-362.8.1.el9_3.x86_64")
     assert (rel.version, rel.release, rel.arch, rel.package) == ("5.14.0", "362.8.1.el9_3", "x86_64", "kernel")
+
+
+@pytest.mark.parametrize("distro, version, release, message", [
+    ("ubuntu", "20.04", "5.4.0-150-generic", "older than Linux 5.8"),
+    ("debian", "11", "5.10.0-30-cloud-amd64", None),
+    ("debian", "10", "4.19.0-27-cloud-amd64", "older than Linux 5.8"),
+    ("rhel", "8.3", "4.18.0-240.22.1.el8_3.x86_64", "older than RHEL 8's 4.18.0-284"),
+    ("rhel", "8.4", "4.18.0-305.el8.x86_64", None),
+    ("ol", "8", "5.4.17-2136.300.7.el8uek.x86_64", "older than Linux 5.8"),
+])
+def test_kernels_before_the_early_relocation_model_are_refused(distro, version, release, message):
+    # Before 5.8 (RHEL 8: 4.18.0-284) livepatch relocations come after jump labels/alternatives.
+    if message is None:
+        assert plan_for(distro, version, release, workdir="/w").release == release
+    else:
+        with pytest.raises(KbuildError, match=message) as info:
+            plan_for(distro, version, release, workdir="/w")
+        assert "__jump_table" in str(info.value)

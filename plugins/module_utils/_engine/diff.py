@@ -129,6 +129,7 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
         verify_pass.check_init_changes(new)
         verify_pass.check_groups(new)
         verify_pass.check_data_changes(new)
+        verify_pass.check_uncarried_changes(new)
         verify_pass.check_static_local_references(new)
     with timer("include"):
         inc = include_pass.Includer()

@@ -8,9 +8,12 @@ table is read either from the ELF file or from ``readelf -s --wide`` text (both
 give the same :class:`ParentSymbol` list).  Locals are searched only in the block
 of locals that follows the patched source file's ``STT_FILE`` symbol — the block
 is identified by the file name plus the object's own local names, because many
-kernel files share a base name (``core.c``).  A local's ``sympos`` is its
-1-based rank among same-named locals in kallsyms order (by address for
-vmlinux, symbol-table order for modules), 0 when the name is unique.
+kernel files share a base name (``core.c``).  A symbol's ``sympos`` is counted
+as the kernel's ``klp_find_object_symbol`` counts: its 1-based rank among *all*
+defined symbols of that name, locals and globals alike, in kallsyms order (by
+address for vmlinux, symbol-table order for modules), 0 when the name is unique.
+A module's symbols in ``.init*`` sections are in its kallsyms only until its
+init function returns; a rank that depends on them is refused.
 
 ``Module.symvers`` says which globals are exported and by whom; an exported
 vmlinux symbol is resolved by the module loader, and so is a global that is
@@ -61,6 +64,8 @@ class ParentSymbol:
     type: int
     defined: bool
     index: int
+    # in a section the module loader frees after init (".init*"); known only from ELF input
+    init: bool = False
 
 
 @dataclass
@@ -136,8 +141,9 @@ def symbols_from_model(symbols: Iterable[Symbol]) -> List[ParentSymbol]:
     for sym in symbols:
         if sym.index == 0 and not sym.name:
             continue
+        init = sym.section is not None and sym.section.name.startswith(".init")
         out.append(ParentSymbol(sym.name, sym.value, sym.size, sym.bind, sym.type,
-                                sym.section is not None or sym.shndx != SHN_UNDEF, sym.index))
+                                sym.section is not None or sym.shndx != SHN_UNDEF, sym.index, init))
     return out
 
 
@@ -165,10 +171,14 @@ class ParentSymtab:
         self.is_vmlinux = objname == "vmlinux"
         self.globals: Dict[str, ParentSymbol] = {}
         self.locals_by_name: Dict[str, List[ParentSymbol]] = {}
+        # every defined, named symbol by name: what kallsyms holds and klp counts sympos over
+        self.named: Dict[str, List[ParentSymbol]] = {}
         self.blocks: List[FileBlock] = []
         self.blocks_by_name: Dict[str, List[FileBlock]] = {}
         current: Optional[FileBlock] = None
         for sym in symbols:
+            if sym.defined and sym.name and sym.type not in (STT_FILE, STT_SECTION):
+                self.named.setdefault(sym.name, []).append(sym)
             if sym.type == STT_FILE:
                 current = FileBlock(sym.name)
                 self.blocks.append(current)
@@ -216,11 +226,18 @@ class ParentSymtab:
         return best[2]
 
     def _kallsyms_rank(self, sym: ParentSymbol) -> int:
-        same = self.locals_by_name.get(sym.name, [])
-        if len(same) + (1 if sym.name in self.globals else 0) <= 1:
-            return 0
-        order = sorted(same, key=lambda s: (s.value, s.index)) if self.is_vmlinux else same
-        return 1 + next(i for i, s in enumerate(order) if s is sym)
+        """``sympos`` of ``sym``: the kernel walks kallsyms counting every symbol of the name."""
+        same = self.named.get(sym.name, [sym])
+        if self.is_vmlinux:
+            return _rank(sorted(same, key=lambda s: (s.value, s.index)), sym)
+        # a module's kallsyms lose the .init* symbols once its init returns: the patch may be
+        # applied before (the module loading) or after, so both counts must agree
+        rank = _rank(same, sym)
+        if sym.init or rank != _rank([s for s in same if not s.init], sym):
+            raise SymbolLookupError("symbol %s of %s has a same-named symbol in an .init section (or is one): "
+                                    "its kallsyms position changes when the module's init code is freed, so "
+                                    "livepatch cannot find it reliably" % (sym.name, self.objname))
+        return rank
 
     def block_of(self, filename: Optional[str] = None) -> Optional[FileBlock]:
         """The selected block of source file ``filename`` (default: the object's first file)."""
@@ -245,7 +262,15 @@ class ParentSymtab:
         sym = self.globals.get(name)
         if sym is None:
             return None
-        return Resolution(sym.name, self.objname, 0, sym.bind, sym.type, sym.value, sym.size)
+        return Resolution(sym.name, self.objname, self._kallsyms_rank(sym), sym.bind, sym.type,
+                          sym.value, sym.size)
+
+
+def _rank(order: List[ParentSymbol], sym: ParentSymbol) -> int:
+    """1-based position of ``sym`` in ``order`` (same-named symbols), 0 when it is the only one."""
+    if len(order) <= 1:
+        return 0
+    return 1 + next(i for i, s in enumerate(order) if s is sym)
 
 
 def load_parent_symtab(path: str, objname: str) -> ParentSymtab:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    R_X86_64_32S,
     SHF_ALLOC,
     SHN_UNDEF,
     SHT_PROGBITS,
@@ -151,9 +152,27 @@ def _placeholder(placeholders: Dict[KlpSymbol, Symbol], ksym: KlpSymbol) -> Symb
     return sym
 
 
-def _klp_relocations(sections: List[Section], resolver: Resolver
+def _original_addresses(funcs: List[PatchedFunc]) -> Dict[int, KlpSymbol]:
+    """id(replacement) → the running kernel's original, for references taking a changed function's
+    address.  Nested functions (a '.' in the name: their names differ between builds) keep the
+    module's copy, as in kpatch; new functions have no original."""
+    return {id(f.symbol): KlpSymbol(f.old_name or f.symbol.name, f.objname, f.sympos, f.symbol.bind, f.symbol.type)
+            for f in funcs if f.symbol.parent is None and "." not in f.symbol.name}
+
+
+def _takes_function_address(reloc: Relocation) -> bool:
+    """``mov $func, reg`` (how -mcmodel=kernel code passes a callback): the pointer may be stored
+    in a timer, work item or ops table and called after this module is gone."""
+    return reloc.type == R_X86_64_32S and reloc.addend == 0
+
+
+def _klp_relocations(sections: List[Section], resolver: Resolver, originals: Dict[int, KlpSymbol]
                      ) -> Tuple[List[KlpRelocation], Dict[int, str], List[Symbol]]:
-    """Record the relocations only livepatch can resolve; retarget them to placeholders in place."""
+    """Record the relocations only livepatch can resolve; retarget them to placeholders in place.
+
+    Besides undefined symbols, this takes the address of a changed function (``originals``):
+    it must be the original's, which stays valid after an atomic replace retires this module
+    (livepatch redirects it to whichever replacement is live), never the module's own copy."""
     moved: List[KlpRelocation] = []
     decided: Dict[int, Tuple[bool, KlpSymbol, bool]] = {}
     objects: Dict[int, str] = {}
@@ -164,6 +183,13 @@ def _klp_relocations(sections: List[Section], resolver: Resolver
         kept = []
         for reloc in rela.relocations:
             sym = reloc.sym
+            if id(sym) in originals and _takes_function_address(reloc):
+                ksym = originals[id(sym)]
+                moved.append(KlpRelocation(rela.base, reloc.offset, reloc.type, reloc.addend, ksym, False,
+                                           resolver.symtab.objname))
+                kept.append(Relocation(offset=reloc.offset, type=reloc.type, sym=_placeholder(placeholders, ksym),
+                                       addend=reloc.addend))
+                continue
             if not sym.is_undefined:
                 kept.append(reloc)
                 continue
@@ -237,8 +263,9 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
                     e_type=patched.e_type, e_machine=patched.e_machine, e_flags=patched.e_flags,
                     sections=sections, symbols=symbols)
     funcs = _resolve_changed_functions(changed, resolver)
+    originals = _original_addresses(funcs)  # with the parent's bind, before localising
     _localise_replacements(changed)
-    moved, objects, placeholders = _klp_relocations(sections, resolver)
+    moved, objects, placeholders = _klp_relocations(sections, resolver, originals)
     out.symbols.extend(placeholders)
     _jumps_into_functions_by_section(out)
     out.sections = [s for s in out.sections if not (s.is_rela and not s.relocations)]

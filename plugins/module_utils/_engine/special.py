@@ -76,8 +76,10 @@ SPECIAL_SECTIONS: Dict[str, object] = {
     "__mcount_loc": _PTR,
     ".printk_index": _PTR,
 }
-# Offset of the key pointer inside entries whose key must be resolvable at load time.
-KEY_FIELDS = {"__jump_table": 8, ".static_call_sites": 4}
+# Entries whose key must be resolvable at load time.  The key is found among the entry's
+# relocations (the one not pointing into code), never at an assumed offset: struct layouts differ
+# between architectures and kernel versions.
+KEYED_SECTIONS = (".static_call_sites", "__jump_table")
 
 
 class SpecialSectionError(ValueError):
@@ -185,6 +187,17 @@ def _printk_function(relocs: List[Relocation], included: Dict[str, Symbol],
     return None
 
 
+def _entry_keys(name: str, relocs: List[Relocation]) -> List[Symbol]:
+    """The key of a jump label / static call entry: its relocations to code locate the site (and
+    the jump target); the one left names the static key or static call key (data, or undefined)."""
+    keys = [r.sym for r in relocs if r.sym.section is None or not r.sym.section.is_text]
+    if len(keys) != 1:
+        offsets = ", ".join("%#x -> %s" % (r.offset, r.sym.name) for r in relocs)
+        raise SpecialSectionError("%s entry with %d key relocations (%s): cannot tell which is the key"
+                                  % (name, len(keys), offsets or "none"))
+    return keys
+
+
 def _rebuild(sec: Section, keep: List[int], size: int, groups: Dict[int, List[Relocation]]) -> None:
     data = bytearray()
     relocs: List[Relocation] = []
@@ -217,10 +230,8 @@ def _regenerate(name: str, sec: Section, stride: Stride, included: Dict[str, Sym
         if func is None:
             continue
         keep.append(offset)
-        if name in KEY_FIELDS:
-            for reloc in relocs:
-                if reloc.offset - offset == KEY_FIELDS[name]:
-                    result.keys.append(KeptKey(name, func.name, offset, reloc.sym))
+        if name in KEYED_SECTIONS:
+            result.keys.extend(KeptKey(name, func.name, offset, key) for key in _entry_keys(name, relocs))
     result.kept[name] = len(keep)
     result.dropped[name] = stride.count - len(keep)
     _rebuild(sec, keep, size, groups)

@@ -136,9 +136,33 @@ def check_fentry(changed: Iterable[Symbol]) -> None:
                                 "-ffunction-sections so each function can be replaced on its own"
                                 % (sym.name, sym.section.name))
         sym.has_func_profiling = has_fentry_call(sym)
-        if not sym.has_func_profiling:
-            raise PatchRejected("function %s changed but has no __fentry__ call (notrace, or built without "
-                                "-pg -mfentry): ftrace cannot redirect it, so it cannot be patched" % sym.name)
+        # ftrace hooks the running kernel's function, so the *original* must have the call; the
+        # replacement is reached by livepatch's redirect and may itself be notrace.
+        original = sym.twin
+        if original is not None and not has_fentry_call(original):
+            raise PatchRejected("function %s changed but its original has no __fentry__ call (notrace, or built "
+                                "without -pg -mfentry): ftrace cannot redirect the running kernel's copy, so it "
+                                "cannot be patched" % sym.name)
+
+
+# Sections the engine never carries into the output, yet whose change matters to the running
+# kernel: module parameters (struct kernel_param: name, ops, perm), export tables, init data.
+# A change there would silently ship without that part, so it is refused by name.
+_UNCARRIED_PREFIXES = ("__param", "___ksymtab", "__ksymtab", ".init.")
+
+
+def check_uncarried_changes(patched: ElfObject) -> None:
+    """Refuse changes to ``__param``, ``___ksymtab*``/``__ksymtab*`` and ``.init.*`` data sections:
+    none of them can be changed in a running kernel, and leaving them out would drop part of the patch."""
+    for sec in patched.sections:
+        if sec.is_rela or sec.twin is None or sec.status != Status.CHANGED:
+            continue
+        if not sec.flags & SHF_ALLOC or sec.flags & SHF_EXECINSTR:
+            continue
+        if sec.name.startswith(_UNCARRIED_PREFIXES):
+            raise PatchRejected("section %s changed: module parameters, export tables and __init data are "
+                                "set up at boot or module load and the running kernel never rereads them, so "
+                                "this part of the patch cannot be live patched" % sec.name)
 
 
 def _group_member_names(sec: Section) -> List[str]:

@@ -130,11 +130,38 @@ def plan_for(distro: str, version: str, release: str, package_version: Optional[
     if not release or "/" in release or " " in release:
         raise KbuildError(f"invalid kernel release {release!r}")
     if distro in DEB_FAMILY:
-        return _debian_plan(distro, version, release, package_version) if distro == "debian" \
+        plan = _debian_plan(distro, version, release, package_version) if distro == "debian" \
             else _ubuntu_plan(version, release, package_version)
+        check_relocation_model(release, rpm=False)
+        return plan
     if distro in RPM_FAMILY:
-        return _rpm_plan(distro, version, release, workdir)
+        plan = _rpm_plan(distro, version, release, workdir)
+        check_relocation_model(release, rpm=True)
+        return plan
     raise KbuildError(f"distribution {distro!r} is not supported; supported: {', '.join(DEB_FAMILY + RPM_FAMILY)}")
+
+
+# Livepatch applies a patch module's vmlinux relocations before its .altinstructions and
+# __jump_table are processed only from Linux 5.8 (RHEL 8 backported it in 4.18.0-284).  Older
+# kernels would patch in jump labels with a zero key and alternatives copied unrelocated.
+MIN_UPSTREAM = (5, 8)
+MIN_RHEL8_BUILD = 284
+
+
+def check_relocation_model(release: str, rpm: bool) -> None:
+    """Refuse kernels whose livepatch core resolves relocations too late for the modules we build."""
+    m = re.match(r"^(\d+)\.(\d+)\.\d+-(\d+)", release)
+    if rpm and m and (int(m.group(1)), int(m.group(2))) == (4, 18) and re.search(r"\.el8(?![0-9])", release):
+        if int(m.group(3)) >= MIN_RHEL8_BUILD:
+            return
+        raise KbuildError(f"kernel {release} is older than RHEL 8's 4.18.0-{MIN_RHEL8_BUILD}: its livepatch core "
+                          "applies vmlinux relocations after .altinstructions and __jump_table are processed, so "
+                          "a patch module's jump labels and alternatives would run unrelocated (update the kernel)")
+    series = tuple(int(x) for x in upstream_series(release).split("."))
+    if series < MIN_UPSTREAM:
+        raise KbuildError(f"kernel {release} is older than Linux {MIN_UPSTREAM[0]}.{MIN_UPSTREAM[1]}: its livepatch "
+                          "core applies vmlinux relocations after .altinstructions and __jump_table are processed, "
+                          "so a patch module's jump labels and alternatives would run unrelocated (update the kernel)")
 
 
 def _pin(package: str, package_version: Optional[str]) -> str:
