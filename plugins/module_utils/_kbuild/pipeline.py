@@ -36,6 +36,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck 
     strip_objtool_output,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.parentsyms import parent_symtab
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs import (
     NoChangesError,
     compile_kernel,
@@ -49,7 +50,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request i
     signature_hash,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.vmlinuxreads import VmlinuxReads
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file, source_identity
 
 # Bumped when the cache layout or the meaning of a cached result changes.
@@ -222,7 +223,6 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     """Diff each original/patched object pair; return what changed, write outputs to ``out_dir``."""
     # Imported here: the engine needs pyelftools, which the module reports missing on its own.
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
 
     symtabs: Dict[str, object] = {}
     symvers = Path(req.headers) / "Module.symvers"
@@ -230,8 +230,11 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     for index, (obj, parent) in enumerate(sorted(pairs.items())):
         with log.step("diff-object", obj) as res:
             if parent not in symtabs:
-                source = _parent_file(req, parent, out_dir.parent / "parents")
-                symtabs[parent] = load_parent_symtab(str(source), parent)
+                scratch = out_dir.parent / "parents"
+                source = _parent_file(req, parent, scratch)
+                # A module unpacked into this build's scratch space is a new file each time: not cached.
+                cached = scratch not in source.parents
+                symtabs[parent] = parent_symtab(source, parent, Path(req.cache_dir) / "symtabs" if cached else None)
             out = out_dir / f"output-{index}-{Path(obj).stem}.o"
             result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
                                         str(symvers) if symvers.is_file() else None, req.module_name, str(out),
@@ -358,17 +361,16 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         res.detail = compiler.host if compiler.matches else f"kernel '{compiler.kernel}', host '{compiler.host}' (skipped)"
     if req.signing_key:
         check_signing(req, work, log)
-    with log.step("struct-sizes") as res:
-        sizes = special_struct_sizes(Path(req.vmlinux), req.release, Path(req.cache_dir) / "structsizes",
-                                     config=Path(req.config))
-        res.detail = " ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
     _timed(timings, "checks", t)
-    t = time.monotonic()
-    # The same flags for the header mapping's compiles as for the build below: kbuild then finds
-    # the objects it compiled up to date instead of compiling them again.
-    cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
-    compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
-                else compile_kernel(req, log, work, None if compiler.matches else compiler.host, cflags, timings))
+    with VmlinuxReads(req, log) as reads:
+        t = time.monotonic()
+        # The same flags for the header mapping's compiles as for the build below: kbuild then finds
+        # the objects it compiled up to date instead of compiling them again.
+        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
+        compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
+                    else compile_kernel(req, log, work, None if compiler.matches else compiler.host, cflags, timings,
+                                        compiler=compiler.host, debuginfo=reads.debuginfo))
+        sizes = reads.struct_sizes()
     pairs, orig_dir, patched_dir = compiled.pairs, compiled.orig_dir, compiled.patched_dir
     out_dir = work / "output"
     out_dir.mkdir(parents=True)
