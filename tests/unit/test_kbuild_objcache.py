@@ -28,8 +28,8 @@ def kbuild_like_build(tree, objects, extra_cflags, out_dir, jobs=1):
         deps = (tree.root / "dep.d").read_text().replace("\\\n", " ").split(":", 1)[1].split()
         (tree.root / "dep.d").unlink()
         lines = [f"cmd_{rel} := gcc -c {src}", "", f"source_{rel} := {src}", "", f"deps_{rel} := \\"]
-        lines += [f"  {d} \\" for d in deps if d != src] + ["  $(wildcard include/config/X) \\", "",
-                                                             f"{rel}: $(deps_{rel})", "", f"$(deps_{rel}):"]
+        lines += [f"  {d} \\" for d in deps if d != src]
+        lines += ["  $(wildcard include/config/X) \\", "", f"{rel}: $(deps_{rel})", "", f"$(deps_{rel}):"]
         (obj.parent / f".{obj.name}.cmd").write_text("\n".join(lines) + "\n")
         dest = out_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +74,9 @@ def test_changed_source_is_recompiled(tmp_path):
     (tree.root / "fs/proc/meminfo.c").write_text('#include "linux/mm.h"\nint meminfo_show(void) { return 2; }\n')
     assert unpatched(tree, tmp_path, "b").compiled == [OBJ] and built == [OBJ]
     assert (tmp_path / "b" / OBJ).read_bytes() != (tmp_path / "a" / OBJ).read_bytes()
+    (tree.root / "fs/proc/meminfo.c").write_text('#include "linux/mm.h"\nint meminfo_show(void) { return MM_H; }\n')
+    assert unpatched(tree, tmp_path, "c").reused == [OBJ]  # the first content's entry was kept
+    assert (tmp_path / "c" / OBJ).read_bytes() == (tmp_path / "a" / OBJ).read_bytes()
 
 
 def test_changed_header_is_recompiled(tmp_path):
@@ -114,7 +117,8 @@ def test_no_compiler_or_no_stamp_never_caches(tmp_path):
 def test_tampered_entry_is_not_used(tmp_path):
     tree = setup_tree(tmp_path)
     unpatched(tree, tmp_path, "a")
-    [entry] = (tree.state_dir / objcache.CACHE_DIRNAME).iterdir()
+    [key_dir] = (tree.state_dir / objcache.CACHE_DIRNAME).iterdir()
+    [entry] = key_dir.iterdir()
     (entry / "object.o").write_bytes(b"\x7fELF garbage")
     assert unpatched(tree, tmp_path, "b").compiled == [OBJ]
     assert (tmp_path / "b" / OBJ).read_bytes() == (tmp_path / "a" / OBJ).read_bytes()

@@ -30,6 +30,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared 
 
 CACHE_FORMAT = 1
 CACHE_DIRNAME = "unpatched-objects"
+# Entries kept per key (object, flags, compiler, tree): one per content its dependencies had.
+MAX_ENTRIES = 4
 
 # (tree, objects, extra_cflags, out_dir, jobs) -> built objects: ``tree.build_objects``.
 Builder = Callable[..., List[object]]
@@ -90,13 +92,25 @@ def dependency_hashes(tree: PreparedTree, deps: Sequence[str]) -> Optional[Dict[
     return hashes
 
 
-def _entry_dir(tree: PreparedTree, key: str) -> Path:
+def _entries(tree: PreparedTree, key: str) -> Path:
     return tree.state_dir / CACHE_DIRNAME / key
 
 
 def lookup(tree: PreparedTree, key: str) -> Optional[Path]:
-    """The cached object of ``key`` when every recorded dependency still has its recorded content."""
-    entry = _entry_dir(tree, key)
+    """A cached object of ``key`` whose every recorded dependency still has its recorded content."""
+    try:
+        entries = sorted((p for p in _entries(tree, key).iterdir()
+                          if not p.name.startswith(".")), key=lambda p: -p.stat().st_mtime_ns)
+    except OSError:
+        return None
+    for entry in entries:
+        hit = _valid_object(tree, entry)
+        if hit is not None:
+            return hit
+    return None
+
+
+def _valid_object(tree: PreparedTree, entry: Path) -> Optional[Path]:
     try:
         manifest = json.loads((entry / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -111,13 +125,18 @@ def lookup(tree: PreparedTree, key: str) -> Optional[Path]:
 
 
 def store(tree: PreparedTree, key: str, relobj: str, built: Path) -> bool:
-    """Keep ``built`` (just compiled from the unpatched tree) under ``key``; False if it cannot be checked."""
+    """Keep ``built`` (just compiled) under ``key`` beside the entries of other dependency contents.
+
+    Entries of one key differ in what the object was compiled from (the source or a header as
+    patched, or restored); the newest ``MAX_ENTRIES`` are kept.  False if it cannot be checked.
+    """
     deps = object_dependencies(tree, relobj)
     hashes = dependency_hashes(tree, deps) if deps else None
     if not hashes:
         return False
-    entry = _entry_dir(tree, key)
-    tmp = entry.with_name(f".{key}.{os.getpid()}.tmp")
+    digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:32]
+    entry = _entries(tree, key) / digest
+    tmp = entry.with_name(f".{digest}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copyfile(built, tmp / "object.o")
@@ -125,7 +144,15 @@ def store(tree: PreparedTree, key: str, relobj: str, built: Path) -> bool:
         {"object": relobj, "object_sha256": _sha256(built), "dependencies": hashes}, indent=1, sort_keys=True))
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)
+    _drop_oldest(entry.parent)
     return True
+
+
+def _drop_oldest(key_dir: Path) -> None:
+    entries = sorted((p for p in key_dir.iterdir() if not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in entries[MAX_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def clear(state_dir: Path) -> None:

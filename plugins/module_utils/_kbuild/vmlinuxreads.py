@@ -69,5 +69,6 @@ class VmlinuxReads:
         return self._debuginfo.result()
 
     def struct_sizes(self) -> Dict[str, int]:
-        assert self._sizes is not None, "struct_sizes() outside the with block"
+        if self._sizes is None:
+            raise RuntimeError("VmlinuxReads.struct_sizes() called outside its with block")
         return self._sizes.result()
