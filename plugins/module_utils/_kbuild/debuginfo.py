@@ -31,6 +31,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cachefile
     read_keyed_json,
     write_keyed_json,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cunames import UnsupportedDwarf, compile_unit_names
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import Goal, object_goal
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
 
@@ -102,6 +103,26 @@ def _relocated_debug_info(fh: io.BufferedReader, elf: "ELFFile", where: str) -> 
 
 def compile_unit_sources(path: Path) -> List[str]:
     """Tree-relative source names of the compile units in an ELF file's DWARF (sorted, unique)."""
+    names = None
+    if not _is_relocatable(path):
+        try:
+            names = compile_unit_names(path)
+        except UnsupportedDwarf:
+            names = None  # pyelftools decodes what the fast reader does not
+    if names is None:
+        names = _unit_names_with_pyelftools(path)
+    found = {tree_relative(name, comp_dir) for name, comp_dir in names}
+    return sorted(rel for rel in found if rel)
+
+
+def _is_relocatable(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(18)
+    return len(head) == 18 and head[:4] == b"\x7fELF" and int.from_bytes(head[16:18], "little") == 1
+
+
+def _unit_names_with_pyelftools(path: Path) -> List[Tuple[str, str]]:
+    """(DW_AT_name, DW_AT_comp_dir) of the compile units, relocating an object's DWARF first."""
     if not HAS_PYELFTOOLS:
         raise KbuildError("pyelftools is not installed on the build host (pip install pyelftools)")
     with open(path, "rb") as fh:
@@ -112,17 +133,14 @@ def compile_unit_sources(path: Path) -> List[str]:
         if relocated is not None:
             elf = ELFFile(io.BytesIO(relocated))
         dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
-        found = set()
+        names = []
         for cu in dwarf.iter_CUs():
             top = cu.get_top_DIE()
             name, comp_dir = top.attributes.get("DW_AT_name"), top.attributes.get("DW_AT_comp_dir")
-            if name is None:
-                continue
-            rel = tree_relative(name.value.decode(errors="replace"),
-                                comp_dir.value.decode(errors="replace") if comp_dir else "")
-            if rel:
-                found.add(rel)
-    return sorted(found)
+            if name is not None:
+                names.append((name.value.decode(errors="replace"),
+                              comp_dir.value.decode(errors="replace") if comp_dir else ""))
+    return names
 
 
 def cached_compile_units(path: Path, cache: Path) -> Tuple[List[str], Optional[float]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
@@ -20,8 +20,8 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 
 
-def read_section(path: Path, name: str) -> bytes:
-    """Bytes of section ``name``; KbuildError if the file is not ELF64 LE or lacks the section."""
+def section_locations(path: Path) -> Dict[str, Tuple[int, int, int]]:
+    """Section name -> (file offset, size, type) of an ELF64 LE file; KbuildError if it is not one."""
     with open(path, "rb") as fh:
         ident = fh.read(_EHDR.size)
         if len(ident) < _EHDR.size or ident[:4] != b"\x7fELF":
@@ -40,12 +40,21 @@ def read_section(path: Path, name: str) -> bytes:
         strtab_hdr = headers[shstrndx]
         fh.seek(strtab_hdr[4])
         names = fh.read(strtab_hdr[5])
-        for hdr in headers:
-            end = names.find(b"\0", hdr[0])
-            if names[hdr[0]:end].decode(errors="replace") == name:
-                fh.seek(hdr[4])
-                return fh.read(hdr[5])
-    raise KbuildError(f"{path} has no {name} section")
+    found: Dict[str, Tuple[int, int, int]] = {}
+    for hdr in headers:
+        end = names.find(b"\0", hdr[0])
+        found.setdefault(names[hdr[0]:end].decode(errors="replace"), (hdr[4], hdr[5], hdr[1]))
+    return found
+
+
+def read_section(path: Path, name: str) -> bytes:
+    """Bytes of section ``name``; KbuildError if the file is not ELF64 LE or lacks the section."""
+    where = section_locations(path).get(name)
+    if where is None:
+        raise KbuildError(f"{path} has no {name} section")
+    with open(path, "rb") as fh:
+        fh.seek(where[0])
+        return fh.read(where[1])
 
 
 def comment_strings(path: Path) -> List[str]:

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.debuginfo import decide_goal, release_debuginfo
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.debuginfo import ReleaseDebuginfo, decide_goal
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objcache import build_unpatched
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import (
     OotModule,
     oot_objects,
@@ -29,6 +30,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import BuildRequest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.vmlinuxreads import read_debuginfo
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import (
     build_objects,
     changed_files,
@@ -71,18 +73,27 @@ class CompiledPairs:
 
 
 def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cflags: str,
-                 work: Path) -> Tuple[Path, Path, List[HunkAdjustment]]:
-    """Compile ``objects`` unpatched, then patched (the tree restored afterwards)."""
+                 work: Path, compiler: Optional[str] = None) -> Tuple[Path, Path, List[HunkAdjustment]]:
+    """Compile ``objects`` unpatched, then patched (the tree restored afterwards).
+
+    With ``compiler`` (the ``.comment`` identity of the compiler kbuild runs) unpatched objects
+    whose every dependency is unchanged come from the tree's cache instead (``objcache``).
+    """
     orig_dir, patched_dir = work / "orig", work / "patched"
-    build_objects(tree, objects, cflags, orig_dir, jobs=req.jobs)
+    build_unpatched(tree, objects, cflags, orig_dir, req.jobs, compiler, build=build_objects)
     with patched_tree(tree, [Path(p) for p in req.patches], fuzz=req.fuzz) as applied:
         build_objects(tree, objects, cflags, patched_dir, jobs=req.jobs)
     return orig_dir, patched_dir, [a for patch in applied for a in patch.adjustments]
 
 
 def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: Optional[str], cflags: str,
-                   timings: Dict[str, float]) -> CompiledPairs:
-    """The changed kernel objects (vmlinux or in-tree modules), compiled in the prepared tree."""
+                   timings: Dict[str, float], compiler: Optional[str] = None,
+                   debuginfo: Optional[Callable[[], ReleaseDebuginfo]] = None) -> CompiledPairs:
+    """The changed kernel objects (vmlinux or in-tree modules), compiled in the prepared tree.
+
+    ``compiler`` keys the cache of unpatched objects; ``debuginfo``, when given, returns the
+    release's debuginfo (read while the tree was being prepared) instead of reading it here.
+    """
     t = time.monotonic()
     trees = Path(req.cache_dir) / "trees"
     if other_compiler:
@@ -90,11 +101,11 @@ def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: 
         # would reconfigure it in place for another one. That compiler gets a tree of its own.
         trees = Path(req.cache_dir) / "trees-by-compiler" / hashlib.sha256(other_compiler.encode()).hexdigest()[:16]
         log.note("prepare-tree", f"compiler '{other_compiler}' is not the kernel's: tree under {trees}")
-    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs)
+    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs,
+                        compiler=compiler)
     timings["prepare_tree"] = round(time.monotonic() - t, 3)
     files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
-    info = release_debuginfo(Path(req.vmlinux), req.release, req.modules_dir, req.debug_modules_dir,
-                             Path(req.cache_dir) / "debuginfo", log)
+    info = debuginfo() if debuginfo else read_debuginfo(req, log)
     objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,
                                  full_build_fallback=req.full_build_fallback, decide=partial(decide_goal, info))
     if objmap.undecided:
@@ -114,7 +125,7 @@ def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: 
         skipped = "; ".join(f"{f}: {why}" for f, why in sorted(objmap.skipped.items()))
         raise NoChangesError(f"nothing to live patch: this kernel builds no object from the files the patches "
                              f"change ({skipped or ', '.join(files)})")
-    orig_dir, patched_dir, adjustments = compile_both(tree, req, sorted(pairs), cflags, work)
+    orig_dir, patched_dir, adjustments = compile_both(tree, req, sorted(pairs), cflags, work, compiler)
     return CompiledPairs(pairs, orig_dir, patched_dir, tree.root, adjustments, objmap.skipped)
 
 

@@ -36,6 +36,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck 
     strip_objtool_output,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.parentsyms import parent_symtab
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs import (
     NoChangesError,
     compile_kernel,
@@ -54,8 +55,12 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog i
     commands_through,
     run_logged,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import choose_toolchain, uses_toolchain_root
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import (
+    Toolchain,
+    choose_toolchain,
+    uses_toolchain_root,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.vmlinuxreads import VmlinuxReads
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file, source_identity
 
 # Bumped when the cache layout or the meaning of a cached result changes.
@@ -235,7 +240,6 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     """Diff each original/patched object pair; return what changed, write outputs to ``out_dir``."""
     # Imported here: the engine needs pyelftools, which the module reports missing on its own.
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
 
     symtabs: Dict[str, object] = {}
     symvers = Path(req.headers) / "Module.symvers"
@@ -243,8 +247,11 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     for index, (obj, parent) in enumerate(sorted(pairs.items())):
         with log.step("diff-object", obj) as res:
             if parent not in symtabs:
-                source = _parent_file(req, parent, out_dir.parent / "parents")
-                symtabs[parent] = load_parent_symtab(str(source), parent)
+                scratch = out_dir.parent / "parents"
+                source = _parent_file(req, parent, scratch)
+                # A module unpacked into this build's scratch space is a new file each time: not cached.
+                cached = scratch not in source.parents
+                symtabs[parent] = parent_symtab(source, parent, Path(req.cache_dir) / "symtabs" if cached else None)
             out = engine_output_path(out_dir, index, obj)
             result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
                                         str(symvers) if symvers.is_file() else None, req.module_name, str(out),
@@ -350,7 +357,7 @@ def build_livepatch(req: BuildRequest) -> BuildResult:
         _timed(timings, "toolchain", t)
         # Inside a toolchain root every kbuild command of the build runs there (steplog.run_logged).
         with commands_through(toolchain.wrapper):
-            result = _build(req, key, log, work, timings, toolchain.other_compiler)
+            result = _build(req, key, log, work, timings, toolchain)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.source_dir = str(req.source_dir)
@@ -369,24 +376,23 @@ def _timed(timings: Dict[str, float], name: str, start: float) -> None:
 
 
 def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[str, float],
-           other_compiler: Optional[str]) -> BuildResult:
+           toolchain: Toolchain) -> BuildResult:
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
     from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import read_modinfo
 
     t = time.monotonic()
     if req.signing_key:
         check_signing(req, work, log)
-    with log.step("struct-sizes") as res:
-        sizes = special_struct_sizes(Path(req.vmlinux), req.release, Path(req.cache_dir) / "structsizes",
-                                     config=Path(req.config))
-        res.detail = " ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
     _timed(timings, "checks", t)
-    t = time.monotonic()
-    # The same flags for the header mapping's compiles as for the build below: kbuild then finds
-    # the objects it compiled up to date instead of compiling them again.
-    cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
-    compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
-                else compile_kernel(req, log, work, other_compiler, cflags, timings))
+    with VmlinuxReads(req, log) as reads:
+        t = time.monotonic()
+        # The same flags for the header mapping's compiles as for the build below: kbuild then finds
+        # the objects it compiled up to date instead of compiling them again.
+        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
+        compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
+                    else compile_kernel(req, log, work, toolchain.other_compiler, cflags, timings,
+                                        compiler=toolchain.identity, debuginfo=reads.debuginfo))
+        sizes = reads.struct_sizes()
     pairs, orig_dir, patched_dir = compiled.pairs, compiled.orig_dir, compiled.patched_dir
     out_dir = work / "output"
     out_dir.mkdir(parents=True)

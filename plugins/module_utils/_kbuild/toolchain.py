@@ -33,6 +33,7 @@ class Toolchain:
     """The outcome of the compiler check for one build."""
 
     other_compiler: Optional[str]  # the host's compiler when it is used though it differs (skip)
+    identity: str = ""  # the .comment identity of the compiler that compiles (keys cached trees and objects)
     root: Optional[ToolRoot] = None
     wrapper: Optional[CommandWrapper] = None
     detail: str = ""
@@ -108,14 +109,15 @@ def choose_toolchain(req: BuildRequest, log: StepLog, work: Path) -> Toolchain:
     kernel = kernel_compiler(Path(req.vmlinux))
     host = host_compiler()
     if host == kernel:
-        return Toolchain(other_compiler=None, detail=host)
+        return Toolchain(other_compiler=None, identity=host, detail=host)
     if not uses_toolchain_root(req):
         # No root for this kernel: refused with both compilers named, unless the check is skipped.
         check = check_compiler(Path(req.vmlinux), skip_compiler_check=req.skip_compiler_check)
-        return Toolchain(other_compiler=check.host, detail=f"kernel '{check.kernel}', host '{check.host}' (skipped)")
+        return Toolchain(other_compiler=check.host, identity=check.host,
+                         detail=f"kernel '{check.kernel}', host '{check.host}' (skipped)")
     suite = str(debian_suite(req.release))
     root, reused = ensure_toolroot(Path(req.cache_dir), suite, kernel, log, mirror=req.toolchain_root_mirror)
-    return Toolchain(other_compiler=None, root=root,
+    return Toolchain(other_compiler=None, identity=kernel, root=root,
                      wrapper=_wrapper(root, build_binds(req, work), work, Path(req.headers)),
                      detail=f"'{kernel}' in the toolchain root {root.path} ({suite}, "
                             f"{'reused' if reused else 'made'}); the host has '{host}'")

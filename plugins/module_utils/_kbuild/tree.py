@@ -37,6 +37,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import host_compiler
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objcache import clear as clear_object_cache
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import (
     STAMP_FORMAT,
     STAMP_NAME,
@@ -229,10 +231,12 @@ def check_release(tree: PreparedTree) -> None:
 
 
 def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
-                 log: Union[StepLog, Path, str], jobs: int = 2) -> PreparedTree:
+                 log: Union[StepLog, Path, str], jobs: int = 2, compiler: Optional[str] = None) -> PreparedTree:
     """Return a configured build tree for ``release`` under ``workdir``, reusing a valid cached one.
 
-    ``source_tree`` is never written.  The cached copy is ``workdir/<release>/tree``.
+    ``source_tree`` is never written.  The cached copy is ``workdir/<release>/tree``.  ``compiler``
+    (the ``.comment`` identity of the compiler make runs; by default that of ``gcc`` on PATH) is
+    part of the stamp: a tree prepared by another compiler is prepared again, not reused.
     """
     log = as_steplog(log)
     start = time.monotonic()
@@ -253,6 +257,7 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
         "config_sha256": sha256_file(config),
         "source_identity": source_identity(source_tree),
         "make_vars": list(make_vars),
+        "compiler": compiler or host_compiler(),
     }
     with tree_lock(state_dir):
         tree = PreparedTree(root=root, source=source_tree, release=release, make_vars=make_vars,
@@ -263,7 +268,7 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
         )
         recover_interrupted_patch(tree)
         if stamp_matches(root, wanted):
-            log.note("prepare-tree", f"reusing {root} (stamp matches: release, config, source)")
+            log.note("prepare-tree", f"reusing {root} (stamp matches: release, config, source, compiler)")
             return _finished(tree, start, reused=True)
         _prepare_fresh(tree, source_tree, config, config_text, localversion, wanted, jobs)
         return _finished(tree, start, reused=False)
@@ -278,6 +283,8 @@ def _finished(tree: PreparedTree, start: float, reused: bool) -> PreparedTree:
 def _prepare_fresh(tree: PreparedTree, source_tree: Path, config: Path, config_text: str,
                    localversion: Optional[str], wanted: dict, jobs: int) -> None:
     log, root = tree.log, tree.root
+    # Objects cached for the previous tree were compiled from what is about to be replaced.
+    clear_object_cache(tree.state_dir)
     if root.exists():
         with log.step("remove-stale-tree", str(root)):
             shutil.rmtree(root)
