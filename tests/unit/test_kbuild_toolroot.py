@@ -109,7 +109,8 @@ def test_only_toolchain_commands_go_into_the_root(tmp_path: Path) -> None:
     (headers / "scripts").symlink_to(kbuild / "scripts")
     (headers / "Makefile").write_text(f"include {common}/Makefile\n")
     assert set(header_binds(headers)) == {headers.resolve(), kbuild / "scripts", common}
-    assert needs_toolchain(["make", "-C", "/x", "modules_prepare"], headers)
-    assert needs_toolchain([str(headers / "scripts" / "sign-file"), "sha256"], headers)
+    dirs = [headers, *header_binds(headers)]
+    assert needs_toolchain(["make", "-C", "/x", "modules_prepare"], dirs)
+    assert needs_toolchain([str(headers / "scripts" / "sign-file"), "sha256"], dirs)
     for host_side in (["cp", "-al", "/a", "/b"], ["patch", "-p1"], ["apt-get", "download", "x"], ["/bin/cp"]):
-        assert not needs_toolchain(host_side, headers)
+        assert not needs_toolchain(host_side, dirs)

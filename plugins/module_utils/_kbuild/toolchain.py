@@ -25,8 +25,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog i
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolroot import (
     ToolRoot, debian_suite, ensure_toolroot)
 
-TOOLROOT_MODES = ("auto", "never")
-
 
 @dataclass
 class Toolchain:
@@ -48,7 +46,8 @@ def header_binds(headers: Path) -> List[Path]:
     found = [headers.resolve()]
     for entry in headers.iterdir():
         if entry.is_symlink():
-            found.append(entry.resolve().parent if entry.resolve().is_file() else entry.resolve())
+            target = entry.resolve()
+            found.append(target.parent if target.is_file() else target)
     makefile = headers / "Makefile"
     if makefile.is_file():
         for line in makefile.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -75,7 +74,7 @@ def build_binds(req: BuildRequest, work: Path) -> List[Path]:
     return existing
 
 
-def needs_toolchain(argv: Sequence[str], headers: Path) -> bool:
+def needs_toolchain(argv: Sequence[str], header_dirs: Sequence[Path]) -> bool:
     """Commands that run the kernel's toolchain: ``make`` (gcc, ld, objtool, modpost, pahole run under
     it) and the headers' own programs (``scripts/sign-file``, built for the kernel's suite).
 
@@ -88,12 +87,15 @@ def needs_toolchain(argv: Sequence[str], headers: Path) -> bool:
     if not os.path.isabs(program):
         return False
     return any(candidate.startswith(str(base) + os.sep)
-               for candidate in (program, os.path.realpath(program)) for base in [headers, *header_binds(headers)])
+               for candidate in (program, os.path.realpath(program)) for base in header_dirs)
 
 
 def _wrapper(root: ToolRoot, binds: Sequence[Path], work: Path, headers: Path) -> CommandWrapper:
+    # The headers' directories are read once per build, not once per command.
+    header_dirs = [headers, *header_binds(headers)] if headers.is_dir() else [headers]
+
     def wrap(argv: Sequence[str], cwd: Optional[Path]) -> List[str]:
-        if not needs_toolchain(argv, headers):
+        if not needs_toolchain(argv, header_dirs):
             return list(argv)
         return root.wrap(argv, Path(cwd) if cwd else work, binds)
     return wrap
