@@ -200,7 +200,7 @@ def full_build(tree: PreparedTree, extra_cflags: str, jobs: int) -> None:
     """Build vmlinux and every module in the cached tree, once: afterwards every object has a record."""
     extra = [f"KCFLAGS={extra_cflags}"] if extra_cflags else []
     with tree.log.step("full-build", f"make -j{jobs} vmlinux modules in {tree.root}") as res:
-        run_logged(tree.log, tree.make_argv(["vmlinux", "modules"], jobs=jobs, extra=extra),
+        run_logged(tree.log, tree.make_argv(["vmlinux", "modules"], jobs=jobs, extra=extra, whole_kernel=True),
                    what="the full kernel build (needed to map a patched header)")
         if not tree_fully_built(tree.root):
             raise KbuildError(f"make vmlinux modules succeeded but {tree.root} has no vmlinux and modules.order")

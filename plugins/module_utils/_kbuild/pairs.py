@@ -102,7 +102,7 @@ def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: 
         trees = Path(req.cache_dir) / "trees-by-compiler" / hashlib.sha256(other_compiler.encode()).hexdigest()[:16]
         log.note("prepare-tree", f"compiler '{other_compiler}' is not the kernel's: tree under {trees}")
     tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs,
-                        compiler=compiler)
+                        compiler=compiler, headers=Path(req.headers))
     timings["prepare_tree"] = round(time.monotonic() - t, 3)
     files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
     info = debuginfo() if debuginfo else read_debuginfo(req, log)

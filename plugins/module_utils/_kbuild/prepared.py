@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prebuilt import make_skips
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import StepLog
 
 STAMP_NAME = ".kpatch-livepatch-prepared.json"
@@ -44,15 +45,22 @@ class PreparedTree:
     # Set for an out-of-tree module's source copy: make runs in this kernel build directory (the
     # release's headers) with M=<root>, as the module's own build does.
     kbuild_dir: Optional[Path] = None
+    # objtool was taken from the release's headers (prebuilt.py): make must not build its tools.
+    prebuilt_tools: bool = False
 
     @property
     def state_dir(self) -> Path:
         """Per-tree scratch space outside the tree (patch journal, lock)."""
         return self.root.parent
 
-    def make_argv(self, targets: Sequence[str], jobs: int = 2, extra: Sequence[str] = ()) -> List[str]:
-        """``make`` command line for ``targets`` run in this tree with the release variables."""
-        where = ["-C", str(self.kbuild_dir), f"M={self.root}"] if self.kbuild_dir else ["-C", str(self.root)]
+    def make_argv(self, targets: Sequence[str], jobs: int = 2, extra: Sequence[str] = (),
+                  whole_kernel: bool = False) -> List[str]:
+        """``make`` command line for ``targets`` run in this tree with the release variables.
+
+        ``whole_kernel``: the targets link vmlinux or modules in this tree (tools they need are built).
+        """
+        where = (["-C", str(self.kbuild_dir), f"M={self.root}"] if self.kbuild_dir
+                 else ["-C", str(self.root), *make_skips(self.prebuilt_tools, whole_kernel)])
         return ["make", *where, f"-j{max(1, int(jobs))}", *self.make_vars, *extra, *targets]
 
 

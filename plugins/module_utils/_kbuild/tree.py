@@ -39,6 +39,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import host_compiler
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objcache import clear as clear_object_cache
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prebuilt import (
+    PrebuiltTools,
+    find_prebuilt_tools,
+    headers_source_dir,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import (
     STAMP_FORMAT,
     STAMP_NAME,
@@ -99,6 +104,16 @@ def makefile_version(source_tree: Path) -> str:
         if fields.get("SUBLEVEL"):
             version += "." + fields["SUBLEVEL"]
     return version + fields.get("EXTRAVERSION", "")
+
+
+def headers_version(headers: Optional[Path]) -> Optional[str]:
+    """The kernel version of a headers directory (its own or its included top Makefile), or None."""
+    if headers is None:
+        return None
+    try:
+        return makefile_version(headers_source_dir(Path(headers)))
+    except KbuildError:
+        return None
 
 
 def config_localversion(config_text: str) -> str:
@@ -231,12 +246,14 @@ def check_release(tree: PreparedTree) -> None:
 
 
 def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
-                 log: Union[StepLog, Path, str], jobs: int = 2, compiler: Optional[str] = None) -> PreparedTree:
+                 log: Union[StepLog, Path, str], jobs: int = 2, compiler: Optional[str] = None,
+                 headers: Optional[Path] = None) -> PreparedTree:
     """Return a configured build tree for ``release`` under ``workdir``, reusing a valid cached one.
 
     ``source_tree`` is never written.  The cached copy is ``workdir/<release>/tree``.  ``compiler``
     (the ``.comment`` identity of the compiler make runs; by default that of ``gcc`` on PATH) is
     part of the stamp: a tree prepared by another compiler is prepared again, not reused.
+    ``headers``: the release's headers, whose objtool the tree then uses (``prebuilt.py``).
     """
     log = as_steplog(log)
     start = time.monotonic()
@@ -251,6 +268,7 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
     make_vars, localversion = release_settings(kernelversion, release, config_text)
     state_dir = workdir / release
     root = state_dir / "tree"
+    prebuilt, prebuilt_why = find_prebuilt_tools(headers, kernelversion, headers_version(headers))
     wanted = {
         "format": STAMP_FORMAT,
         "release": release,
@@ -258,11 +276,12 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
         "source_identity": source_identity(source_tree),
         "make_vars": list(make_vars),
         "compiler": compiler or host_compiler(),
+        "prebuilt_objtool": prebuilt.digest if prebuilt else None,
     }
     with tree_lock(state_dir):
         tree = PreparedTree(root=root, source=source_tree, release=release, make_vars=make_vars,
                             config_sha256=wanted["config_sha256"], source_identity=wanted["source_identity"],
-                            reused=False, seconds=0.0, log=log)
+                            reused=False, seconds=0.0, log=log, prebuilt_tools=prebuilt is not None)
         from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching import (
             recover_interrupted_patch,
         )
@@ -270,7 +289,8 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
         if stamp_matches(root, wanted):
             log.note("prepare-tree", f"reusing {root} (stamp matches: release, config, source, compiler)")
             return _finished(tree, start, reused=True)
-        _prepare_fresh(tree, source_tree, config, config_text, localversion, wanted, jobs)
+        log.note("prebuilt-tools", prebuilt_why if prebuilt else f"building the tree's tools: {prebuilt_why}")
+        _prepare_fresh(tree, source_tree, config, config_text, localversion, wanted, jobs, prebuilt)
         return _finished(tree, start, reused=False)
 
 
@@ -281,7 +301,8 @@ def _finished(tree: PreparedTree, start: float, reused: bool) -> PreparedTree:
 
 
 def _prepare_fresh(tree: PreparedTree, source_tree: Path, config: Path, config_text: str,
-                   localversion: Optional[str], wanted: dict, jobs: int) -> None:
+                   localversion: Optional[str], wanted: dict, jobs: int,
+                   prebuilt: Optional[PrebuiltTools] = None) -> None:
     log, root = tree.log, tree.root
     # Objects cached for the previous tree were compiled from what is about to be replaced.
     clear_object_cache(tree.state_dir)
@@ -292,8 +313,11 @@ def _prepare_fresh(tree: PreparedTree, source_tree: Path, config: Path, config_t
     with log.step("install-config", f"{config} ({' '.join(tree.make_vars)}"
                   f"{', localversion ' + repr(localversion) if localversion else ''})"):
         install_config(root, config, localversion)
+    if prebuilt:
+        with log.step("install-prebuilt-tools", " ".join(sorted(prebuilt.objtool))):
+            prebuilt.install(root)
     with log.step("olddefconfig") as res:
-        run_logged(log, tree.make_argv(["olddefconfig"], jobs=1), what="make olddefconfig")
+        run_logged(log, tree.make_argv(["olddefconfig"], jobs=jobs), what="make olddefconfig")
         changed = config_differences(config_text, (root / ".config").read_text(errors="replace"))
         res.detail = (f"{len(changed)} symbols changed: {' '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}"
                       if changed else "config unchanged")
