@@ -194,8 +194,16 @@ options:
         objects, and nothing is built. A partial list of objects is never used.
     type: bool
     default: true
+  kmod_dir:
+    description:
+      - Directory on the build host with the patch-module hook sources (C(Kbuild), C(Makefile), C(kpatch.lds),
+        C(livepatch-patch-hook.c) and the C(kpatch-*.h) headers patches may include).
+      - When omitted, the action plugin sends the collection's own C(kmod/) directory to the build host for the
+        task and passes that copy. Set it only to build with a modified hook.
+    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
   platform:
     support: full
@@ -207,6 +215,13 @@ attributes:
   diff_mode:
     support: none
     description: A build creates a new file; there is no before and after to show.
+  action:
+    support: full
+    details: The action plugin sends the collection's C(kmod/) hook sources to the build host (unless O(kmod_dir) is set).
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
 notes:
   - Each build writes a log with one line per step and its wall time; its path is returned as RV(log).
 """
@@ -385,6 +400,7 @@ ARGUMENT_SPEC = dict(
     toolchain_root=dict(type="str", default="auto", choices=["auto", "never"]),
     toolchain_root_mirror=dict(type="str"),
     full_build_fallback=dict(type="bool", default=True),
+    kmod_dir=dict(type="path"),
 )
 
 

@@ -30,24 +30,34 @@ MAX_MODULE_NAME = 48
 
 
 def default_kmod_dir() -> Optional[Path]:
-    """``kmod/`` at the collection root when it is on disk (a checkout), else None.
+    """``kmod/`` at the collection root when it is on disk (a checkout or an installed collection).
 
-    Inside an Ansible module payload only module_utils travel; the embedded copy in
-    ``kmod_sources`` is used then.
+    Inside an Ansible module payload only module_utils travel: there the ``kpatch_build``
+    action plugin sends ``kmod/`` to the host and passes its copy as ``kmod_dir``.
     """
     candidate = Path(__file__).resolve().parents[3] / "kmod"
     return candidate if candidate.is_dir() else None
 
 
+def resolve_kmod_dir(kmod_dir: Optional[Path] = None) -> Path:
+    """``kmod_dir``, else the collection's own ``kmod/``; an error when neither is there."""
+    found = Path(kmod_dir) if kmod_dir else default_kmod_dir()
+    if found is None:
+        raise KbuildError("the patch-module hook sources (the collection's kmod/ directory) are not on this "
+                          "host: run kpatch_build as an Ansible task (its action plugin sends them) or "
+                          "pass kmod_dir")
+    if not found.is_dir():
+        raise KbuildError(f"kmod_dir {found} is not a directory")
+    return found
+
+
 def kmod_sources(kmod_dir: Optional[Path] = None) -> Dict[str, bytes]:
-    """File name → contents of the hook template, from ``kmod_dir`` or the embedded copy."""
-    if kmod_dir is not None:
-        missing = [f for f in KMOD_FILES if not (kmod_dir / f).is_file()]
-        if missing:
-            raise KbuildError(f"kmod template {kmod_dir} lacks {', '.join(missing)}")
-        return {f: (kmod_dir / f).read_bytes() for f in KMOD_FILES}
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod_sources import KMOD_SOURCES
-    return {f: KMOD_SOURCES[f].encode("utf-8") for f in KMOD_FILES}
+    """File name → contents of the hook template in ``kmod_dir`` (default: the collection's ``kmod/``)."""
+    found = resolve_kmod_dir(kmod_dir)
+    missing = [f for f in KMOD_FILES if not (found / f).is_file()]
+    if missing:
+        raise KbuildError(f"kmod template {found} lacks {', '.join(missing)}")
+    return {f: (found / f).read_bytes() for f in KMOD_FILES}
 
 
 def module_name(name: str) -> str:
@@ -77,7 +87,7 @@ def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdi
     headers, workdir = Path(headers), Path(workdir)
     if not (headers / "Makefile").is_file():
         raise KbuildError(f"{headers} is not a kernel headers/build directory (no Makefile)")
-    sources = kmod_sources(Path(kmod_dir) if kmod_dir else None)
+    sources = kmod_sources(kmod_dir)
     if not objects:
         raise KbuildError("no engine output objects to link into the patch module")
     names = [Path(o).name for o in objects]

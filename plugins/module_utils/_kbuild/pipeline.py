@@ -110,7 +110,7 @@ class BuildResult:
 # --------------------------------------------------------------------------- inputs and cache
 
 
-def _code_identity() -> str:
+def _code_identity(kmod_dir: Optional[Path]) -> str:
     """Hash of the engine, build and hook sources: a new collection version rebuilds modules."""
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
@@ -118,7 +118,7 @@ def _code_identity() -> str:
                    + list(here.glob("*.py")))
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for name, data in sorted(kmod_sources().items()):
+    for name, data in sorted(kmod_sources(kmod_dir).items()):
         digest.update(name.encode() + b"\0" + data)
     return digest.hexdigest()
 
@@ -137,7 +137,7 @@ def cache_key(req: BuildRequest) -> str:
         "fuzz": req.fuzz,
         "signed": _signing_identity(req),
         "compiler": build_compiler(req),
-        "code": _code_identity(),
+        "code": _code_identity(req.kmod_dir),
         "source": (oot_identity(req.oot) if req.oot else req.acquire.identity if req.acquire
                    else source_identity(Path(req.source_dir))),
     }
@@ -267,7 +267,7 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
     return diffs
 
 
-def patch_include_dir(cache_dir: Path) -> Path:
+def patch_include_dir(cache_dir: Path, kmod_dir: Optional[Path] = None) -> Path:
     """A directory with the patch-author headers, so patched sources can ``#include "kpatch-macros.h"``.
 
     kpatch-build puts its patch headers on the include path the same way; the path is stable so
@@ -275,7 +275,7 @@ def patch_include_dir(cache_dir: Path) -> Path:
     """
     inc = cache_dir / "include"
     inc.mkdir(parents=True, exist_ok=True)
-    for name, data in kmod_sources().items():
+    for name, data in kmod_sources(kmod_dir).items():
         if name.endswith(".h"):
             dest = inc / name
             if not dest.is_file() or dest.read_bytes() != data:
@@ -388,7 +388,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         t = time.monotonic()
         # The same flags for the header mapping's compiles as for the build below: kbuild then finds
         # the objects it compiled up to date instead of compiling them again.
-        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir))}"
+        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.kmod_dir)}"
         compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
                     else compile_kernel(req, log, work, toolchain.other_compiler, cflags, timings,
                                         compiler=toolchain.identity, debuginfo=reads.debuginfo))
@@ -409,7 +409,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
         with log.step("strip-objtool-output") as res:
             res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
     linked = build_patch_module(Path(req.headers), outputs, req.module_name, work / "kmod", log,
-                                replace=req.replace, jobs=req.jobs)
+                                replace=req.replace, jobs=req.jobs, kmod_dir=req.kmod_dir)
     final_dir = Path(req.cache_dir) / "modules" / key
     final_dir.mkdir(parents=True, exist_ok=True)
     klp_ko = work / f"{req.module_name}.ko"

@@ -19,7 +19,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire i
     source_request,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import plan_for
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import module_name
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import kmod_sources, module_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import OotModule, check_oot_inputs
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching import check_fuzz
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
@@ -63,6 +63,8 @@ class BuildRequest:
     # skip_compiler_check, uses the host's).  The mirror defaults to the host's Debian archive.
     toolchain_root: str = "auto"
     toolchain_root_mirror: Optional[str] = None
+    # The hook sources (kmod/); None: the collection's own (the action plugin passes its copy).
+    kmod_dir: Optional[Path] = None
 
     @property
     def oot(self) -> Optional[OotModule]:
@@ -108,6 +110,7 @@ def check_inputs(req: BuildRequest) -> None:
     if "CONFIG_LIVEPATCH=y" not in config:
         raise KbuildError(f"kernel {req.release} has no CONFIG_LIVEPATCH=y in {req.config}: it cannot load livepatch modules")
     check_fuzz(req.fuzz)
+    kmod_sources(req.kmod_dir)  # the hook's files are all there before any work
     if bool(req.signing_key) != bool(req.signing_cert):
         raise KbuildError("signing needs both signing_key and signing_cert")
     if req.signing_key:
@@ -221,4 +224,5 @@ def request_from_params(params: Dict[str, object], running_release: str) -> Buil
         oot_module=path_or("oot_module", None), oot_module_src=oot_src,
         toolchain_root=str(params.get("toolchain_root") or "auto"),
         toolchain_root_mirror=str(params["toolchain_root_mirror"]) if params.get("toolchain_root_mirror") else None,
+        kmod_dir=path_or("kmod_dir", None),
     )
