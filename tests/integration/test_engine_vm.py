@@ -16,6 +16,7 @@ import pytest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import check_objtool_sites
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import special_struct_sizes
 
@@ -161,7 +162,7 @@ def test_inlined_helper_patch_keeps_its_retpoline_sites_and_runs(kernel_6_1, tmp
     """
     module = "lp_sysctl"
     ko = build_livepatch(kernel_6_1, "sysctl_head_grab", module, tmp_path / "kmod")
-    sites = check_objtool_sites(ko, kernel_6_1.config.read_text(), kernel_6_1.source_tree())
+    sites = check_objtool_sites(ko, KernelConfig.read(kernel_6_1.config), kernel_6_1.source_tree())
     assert sites.retpolines >= 1 and sites.returns >= 1
     out = run_patched(kernel_6_1, ko, module, """
 cat /proc/sys/kernel/ostype

@@ -17,7 +17,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.debuginfo
     decide_goal,
     release_debuginfo,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import object_goal, parse_config
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import parse_config
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import object_goal
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import StepLog
 from tests.testbed.kernels import cache_lock
 

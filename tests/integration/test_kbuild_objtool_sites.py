@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     ModuleCheckError,
     check_objtool_sites,
@@ -63,7 +64,7 @@ def _without(ko, tmp_path, *sections):
 
 def test_the_check_refuses_a_module_without_return_sites_or_orc(built, kernel_6_12, tmp_path):
     result = built[0]
-    config = kernel_6_12.config.read_text()
+    config = KernelConfig.read(kernel_6_12.config)
     sites = check_objtool_sites(Path(result.module_path), config)
     assert sites.returns >= 1 and sites.orc_entries >= 1
     with pytest.raises(ModuleCheckError, match=r"return through __x86_return_thunk not listed in \.return_sites"):
@@ -127,7 +128,7 @@ def test_module_patch_lists_the_hook_code_too(kernel_6_12, tmp_path):
     out = Path(result.log + ".out")
     if not result.cached and out.is_file():
         assert "already has" not in out.read_text() and "!ENDBR" not in out.read_text()
-    sites = check_objtool_sites(Path(result.module_path), kernel_6_12.config.read_text())
+    sites = check_objtool_sites(Path(result.module_path), KernelConfig.read(kernel_6_12.config))
     assert sites.returns >= 4 and sites.orc_entries > 0
 
 
@@ -135,7 +136,7 @@ def test_kernels_whose_loader_applies_no_site_lists_are_not_held_to_them(built, 
     """CONFIG_RETPOLINE/RETHUNK alone do not mean the loader reads the lists (RHEL 8's 4.18 has no
     .retpoline_sites): the kernel source's own declarations decide."""
     result = built[0]
-    config = kernel_6_12.config.read_text()
+    config = KernelConfig.read(kernel_6_12.config)
     stripped = _without(result.module_path, tmp_path, ".return_sites", ".rela.return_sites")
     asm = tmp_path / "old-tree" / "arch" / "x86" / "include" / "asm"
     asm.mkdir(parents=True)

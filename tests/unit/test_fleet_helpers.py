@@ -7,7 +7,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.kpatch.livepatch.plugins.filter.fleet import distro_plan, jmespath_search
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.structsizes import (
-    config_kernel_version, required_structs)
+    required_structs)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from tests.testbed.fleet import parse_recap
 
 RECAP = """
@@ -46,6 +47,6 @@ def test_paravirt_patch_site_required_only_before_6_8(tmp_path, version, para):
     config = tmp_path / "config"
     config.write_text(f"#\n# Automatically generated file; DO NOT EDIT.\n# Linux/x86 {version} Kernel Configuration\n"
                       "#\nCONFIG_PARAVIRT=y\nCONFIG_JUMP_LABEL=y\n")
-    assert config_kernel_version(config.read_text()) == tuple(int(x) for x in version.split(".")[:2])
+    assert KernelConfig.read(config).kernel_version == tuple(int(x) for x in version.split(".")[:2])
     assert ("PARA" in required_structs(config)) is para
     assert "JUMP" in required_structs(config)

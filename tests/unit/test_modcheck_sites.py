@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     ModuleCheckError,
     check_objtool_sites,
@@ -16,7 +17,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck 
 
 from tests.unit.engine_cc import compile_c
 
-CONFIG = "CONFIG_RETPOLINE=y\n"
+CONFIG = KernelConfig.parse("CONFIG_RETPOLINE=y\n")
 LISTED = r"""
 extern void __x86_indirect_thunk_r15(void);
 void calls_through_r15(void)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import SHF_ALLOC, STB_WEAK, STT_SECTION
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objects import parse_config
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 RETURN_THUNK = "__x86_return_thunk"
@@ -66,16 +66,6 @@ class SiteCheck:
     retpolines: int = 0
     orc_entries: int = 0
     problems: List[str] = field(default_factory=list)
-
-
-def config_enabled(config_text: str) -> Set[str]:
-    """The ``CONFIG_*`` options set to ``y`` in a kernel config."""
-    return {name for name, value in parse_config(config_text).items() if value == "y"}
-
-
-def objtool_runs_on_linked_module(config_text: str) -> bool:
-    """kbuild's ``delay-objtool``: objtool runs once on a multi-object module after linking it."""
-    return bool(config_enabled(config_text) & {"CONFIG_X86_KERNEL_IBT", "CONFIG_LTO_CLANG"})
 
 
 def strip_objtool_output(objects: Sequence[Path]) -> List[str]:
@@ -141,12 +131,12 @@ def loader_patches(source_root: Optional[Path]) -> Set[str]:
     return {name for name in wanted if f"{name}(" in text}
 
 
-def check_objtool_sites(ko: Path, config_text: str, source_root: Optional[Path] = None) -> SiteCheck:
+def check_objtool_sites(ko: Path, config: KernelConfig, source_root: Optional[Path] = None) -> SiteCheck:
     """Raise ModuleCheckError when ``ko`` misses return/retpoline sites or ORC data its kernel needs."""
     from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
 
     obj = read_elf(str(ko))
-    enabled = config_enabled(config_text)
+    enabled = config.builtin()
     applied = loader_patches(source_root)
     result = SiteCheck()
     if enabled & {"CONFIG_RETHUNK", "CONFIG_MITIGATION_RETHUNK"} and "apply_returns" in applied:

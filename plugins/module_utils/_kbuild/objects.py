@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import read_config
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree
 
 # Top directories a patch may touch (a selftest next to a fix) from which no kernel object is built.
@@ -69,20 +70,6 @@ class ObjectMap:
 
 
 # --------------------------------------------------------------------------- .config and Makefiles
-
-
-def parse_config(text: str) -> Dict[str, str]:
-    """``CONFIG_*`` → value for every option a kernel config sets (``# ... is not set`` lines omitted)."""
-    values: Dict[str, str] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
-        if m:
-            values[m.group(1)] = m.group(2)
-    return values
-
-
-def read_config(tree_root: Path) -> Dict[str, str]:
-    return parse_config((tree_root / ".config").read_text(errors="replace"))
 
 
 def kbuild_assignments(directory: Path, names: Optional[Sequence[str]] = None) -> List[Tuple[str, List[str]]]:

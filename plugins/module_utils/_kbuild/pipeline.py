@@ -32,7 +32,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod impo
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
     check_undefined_symbols,
-    objtool_runs_on_linked_module,
     strip_objtool_output,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
@@ -130,7 +129,7 @@ def cache_key(req: BuildRequest) -> str:
         "format": CACHE_FORMAT,
         "patches": [sha256_file(Path(p)) for p in req.patches],
         "release": req.release,
-        "config": sha256_file(Path(req.config)),
+        "config": req.kernel_config.sha256,
         "vmlinux": [vm.st_size, int(vm.st_mtime)],
         "name": req.module_name,
         "replace": req.replace,
@@ -404,8 +403,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     _timed(timings, "diff", t)
     t = time.monotonic()
     outputs = sorted(out_dir.glob("output-*.o"))
-    config_text = Path(req.config).read_text(errors="replace")
-    if objtool_runs_on_linked_module(config_text):
+    if req.kernel_config.objtool_runs_on_linked_module:
         with log.step("strip-objtool-output") as res:
             res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
     linked = build_patch_module(Path(req.headers), outputs, req.module_name, work / "kmod", log,
@@ -425,7 +423,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
                                            symvers if symvers.is_file() else None)
         res.detail = f"{resolved} undefined symbols, all exported"
     with log.step("check-objtool-sites") as res:
-        sites = check_objtool_sites(klp_ko, config_text, compiled.source_root)
+        sites = check_objtool_sites(klp_ko, req.kernel_config, compiled.source_root)
         res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
     if req.signing_key:
         sign_module(req, klp_ko, log)

@@ -19,6 +19,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire i
     source_request,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import plan_for
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import kmod_sources, module_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import OotModule, check_oot_inputs
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching import check_fuzz
@@ -67,6 +68,11 @@ class BuildRequest:
     kmod_dir: Optional[Path] = None
 
     @property
+    def kernel_config(self) -> KernelConfig:
+        """The distro's config of the release, parsed once per build."""
+        return KernelConfig.read(Path(self.config))
+
+    @property
     def oot(self) -> Optional[OotModule]:
         return OotModule(Path(self.oot_module), Path(self.oot_module_src)) if self.oot_module else None
 
@@ -106,8 +112,7 @@ def check_inputs(req: BuildRequest) -> None:
     for path, what in checks:
         if not Path(path).exists():
             raise KbuildError(f"missing {what}")
-    config = Path(req.config).read_text(errors="replace")
-    if "CONFIG_LIVEPATCH=y" not in config:
+    if req.kernel_config.values.get("CONFIG_LIVEPATCH") != "y":
         raise KbuildError(f"kernel {req.release} has no CONFIG_LIVEPATCH=y in {req.config}: it cannot load livepatch modules")
     check_fuzz(req.fuzz)
     kmod_sources(req.kmod_dir)  # the hook's files are all there before any work
@@ -127,10 +132,7 @@ def sign_file_path(req: BuildRequest) -> Path:
 
 def signature_hash(req: BuildRequest) -> str:
     """The kernel's module signature digest (``CONFIG_MODULE_SIG_HASH``), sha256 when not set."""
-    for line in Path(req.config).read_text(errors="replace").splitlines():
-        if line.startswith("CONFIG_MODULE_SIG_HASH="):
-            return line.split("=", 1)[1].strip().strip('"') or "sha256"
-    return "sha256"
+    return req.kernel_config.signature_hash
 
 
 def check_signing_inputs(req: BuildRequest) -> None:

@@ -30,6 +30,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cachefile
     read_keyed_json,
     write_keyed_json,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 try:
@@ -67,18 +68,11 @@ def required_structs(config: Optional[Path]) -> Dict[str, str]:
     """key -> struct name of the structs this config's kernel must contain (all, without a config)."""
     if config is None:
         return {s.key: s.struct for s in SPECIAL_STRUCTS}
-    text = Path(config).read_text(errors="replace")
-    enabled = set(re.findall(r"^(CONFIG_\w+)=[ym]$", text, re.M))
-    version = config_kernel_version(text)
+    kconfig = KernelConfig.read(Path(config))
+    version = kconfig.kernel_version
     return {s.key: s.struct for s in SPECIAL_STRUCTS
-            if (s.config is None or s.config in enabled)
+            if (s.config is None or kconfig.is_set(s.config))
             and (s.removed_in is None or version is None or version < s.removed_in)}
-
-
-def config_kernel_version(text: str) -> Optional[Tuple[int, int]]:
-    """(major, minor) from a kernel config's ``# Linux/x86 6.12.107 Kernel Configuration`` header."""
-    m = re.search(r"^# Linux/\S+ (\d+)\.(\d+)\S* Kernel Configuration$", text, re.M)
-    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def sizes_with_pyelftools(vmlinux: Path, names: Iterable[str]) -> Dict[str, int]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import host_compiler
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig, parse_config
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objcache import clear as clear_object_cache
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prebuilt import (
     PrebuiltTools,
@@ -116,18 +117,13 @@ def headers_version(headers: Optional[Path]) -> Optional[str]:
         return None
 
 
-def config_localversion(config_text: str) -> str:
-    m = re.search(r'^CONFIG_LOCALVERSION="(.*)"$', config_text, re.M)
-    return m.group(1) if m else ""
-
-
 def release_settings(kernelversion: str, release: str, config_text: str) -> Tuple[Tuple[str, ...], Optional[str]]:
     """How to make kbuild's release string equal ``release``: (make variables, localversion file text).
 
     ``LOCALVERSION=`` (set but empty) is always passed: unset, kbuild would append
     a ``+`` for a tree it thinks is modified.
     """
-    conf_lv = config_localversion(config_text)
+    conf_lv = KernelConfig.parse(config_text).localversion
     if conf_lv and not release.endswith(conf_lv):
         raise KbuildError(f"the config sets CONFIG_LOCALVERSION={conf_lv!r} but release {release!r} does not end "
                           "with it: this config does not belong to this release")
@@ -213,12 +209,7 @@ def copy_source(source_tree: Path, root: Path, log: StepLog) -> str:
 def config_differences(distro_config: str, final_config: str) -> List[str]:
     """Symbols whose setting olddefconfig changed, tool-version symbols excluded."""
     def settings(text: str) -> Dict[str, str]:
-        out = {}
-        for line in text.splitlines():
-            m = re.match(r"^(CONFIG_\w+)=(.*)$", line) or re.match(r"^# (CONFIG_\w+) is not set$", line)
-            if m and not _TOOL_SYMBOLS.match(line.lstrip("# ")):
-                out[m.group(1)] = m.group(2) if m.lastindex == 2 else "n"
-        return out
+        return {k: v for k, v in parse_config(text).items() if not _TOOL_SYMBOLS.match(f"{k}=")}
     old, new = settings(distro_config), settings(final_config)
     return sorted(k for k in set(old) | set(new) if old.get(k, "n") != new.get(k, "n"))
 
@@ -262,8 +253,9 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
     kernelversion = makefile_version(source_tree)
     if not config.is_file():
         raise KbuildError(f"kernel config {config} does not exist")
-    config_text = config.read_text(errors="replace")
-    if "CONFIG_MODULES=y" not in config_text:
+    kconfig = KernelConfig.read(config)
+    config_text = kconfig.text
+    if kconfig.values.get("CONFIG_MODULES") != "y":
         raise KbuildError(f"{config} is not a kernel config with CONFIG_MODULES=y (livepatch modules need it)")
     make_vars, localversion = release_settings(kernelversion, release, config_text)
     state_dir = workdir / release
@@ -272,7 +264,7 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
     wanted = {
         "format": STAMP_FORMAT,
         "release": release,
-        "config_sha256": sha256_file(config),
+        "config_sha256": kconfig.sha256,
         "source_identity": source_identity(source_tree),
         "make_vars": list(make_vars),
         "compiler": compiler or host_compiler(),
