@@ -175,6 +175,9 @@ def _image_version_query(image: str) -> Argv:
 def _debian_plan(distro: str, version: str, release: str, package_version: Optional[str]) -> DistroPlan:
     series = upstream_series(release)
     source_pkg = f"linux-source-{series}"
+    # Debian's 7.x images (linux-base-<release>) install config, System.map and vmlinuz under
+    # /usr/lib/modules/<release>; earlier ones under /boot (checked against the archive's packages).
+    split_layout = tuple(int(x) for x in series.split(".")) >= (7, 0)
     return DistroPlan(
         distro=distro, version=version, release=release, family="deb",
         source_packages=(_pin(source_pkg, package_version),),
@@ -184,7 +187,7 @@ def _debian_plan(distro: str, version: str, release: str, package_version: Optio
                          f"tar -xO ./usr/src/linux-source-{series}.tar.xz | tar -xJ"),
         ),
         source_tree_glob=f"linux-source-{series}",
-        config_path=f"/boot/config-{release}",
+        config_path=f"/usr/lib/modules/{release}/config" if split_layout else f"/boot/config-{release}",
         headers_packages=(_pin(f"linux-headers-{release}", package_version),),
         headers_path=f"/usr/src/linux-headers-{release}",
         debuginfo_packages=(_pin(f"linux-image-{release}-dbg", package_version),),

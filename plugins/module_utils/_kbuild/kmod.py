@@ -68,6 +68,19 @@ def module_name(name: str) -> str:
     return cleaned
 
 
+def default_module_name(first_patch: Union[str, Path]) -> str:
+    """``livepatch-<stem of the first patch>``: the module's name when the build names none."""
+    stem = Path(first_patch).name
+    for suffix in (".patch", ".diff"):
+        stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
+    return module_name(f"livepatch-{stem}")
+
+
+def kernel_module_name(name: str) -> str:
+    """The name the kernel shows (``/sys/module``, ``/sys/kernel/livepatch``): '-' becomes '_'."""
+    return module_name(name).replace("-", "_")
+
+
 def _check_object(path: Path) -> None:
     if not path.is_file():
         raise KbuildError(f"engine output object {path} does not exist")

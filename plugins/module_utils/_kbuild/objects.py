@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import read_config
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.makeflags import logical_lines
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree
 
 # Top directories a patch may touch (a selftest next to a fix) from which no kernel object is built.
@@ -98,8 +99,7 @@ _STATEMENTS: Dict[Tuple[Tuple[str, int, int], ...], List[Tuple[str, str, List[st
 
 
 def _parse_statements(found: Sequence[Path]) -> List[Tuple[str, str, List[str], bool]]:
-    text = "\n".join(p.read_text(errors="replace") for p in found)
-    text = re.sub(r"\\\n", " ", text)
+    text = "\n".join(line for p in found for line in logical_lines(p.read_text(errors="replace")))
     # "$(addprefix libxfs/, a.o b.o)" lists libxfs/a.o and libxfs/b.o (xfs, scrub, ...).
     text = _ADDPREFIX_RE.sub(lambda m: " ".join(m.group(1) + w for w in m.group(2).split()), text)
     out = []

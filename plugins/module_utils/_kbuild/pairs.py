@@ -13,7 +13,6 @@ Either way each object is compiled unpatched, then patched inside ``patched_tree
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -87,23 +86,22 @@ def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cfla
 
 
 def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: Optional[str], cflags: str,
-                   timings: Dict[str, float], compiler: Optional[str] = None,
+                   compiler: Optional[str] = None,
                    debuginfo: Optional[Callable[[], ReleaseDebuginfo]] = None) -> CompiledPairs:
     """The changed kernel objects (vmlinux or in-tree modules), compiled in the prepared tree.
 
     ``compiler`` keys the cache of unpatched objects; ``debuginfo``, when given, returns the
     release's debuginfo (read while the tree was being prepared) instead of reading it here.
     """
-    t = time.monotonic()
     trees = Path(req.cache_dir) / "trees"
     if other_compiler:
         # The shared tree is configured for the kernel's compiler (CONFIG_CC_VERSION_TEXT): kbuild
         # would reconfigure it in place for another one. That compiler gets a tree of its own.
         trees = Path(req.cache_dir) / "trees-by-compiler" / hashlib.sha256(other_compiler.encode()).hexdigest()[:16]
         log.note("prepare-tree", f"compiler '{other_compiler}' is not the kernel's: tree under {trees}")
-    tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs,
-                        compiler=compiler, headers=Path(req.headers))
-    timings["prepare_tree"] = round(time.monotonic() - t, 3)
+    with log.stage("prepare_tree"):
+        tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs,
+                            compiler=compiler, headers=Path(req.headers))
     files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
     info = debuginfo() if debuginfo else read_debuginfo(req, log)
     objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,

@@ -3,30 +3,44 @@
 # GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
 """The kpatch_build pipeline: source patches → one livepatch module for one kernel release.
 
-The fast path: prepare the release's source tree once (cached), compile only the objects the
-patches change — before and after applying them — run the diff engine on each pair, link the
-results with the hook in ``kmod/`` against the release's headers, convert the module to
-livepatch format and (optionally) sign it.  The kernel source tree is restored on every exit
-path (``patched_tree``), and the module reaches the cache only when every step succeeded: a
-failed build leaves no artifact.  The same inputs again return the cached module unchanged.
+The build is a list of named steps over one ``Build`` (the checked request, its log and
+scratch space, and what each step produced), in the order kpatch-build runs its own:
+
+1. ``toolchain`` — the kernel's compiler on the host, or a toolchain root that has it;
+2. ``checks`` — what can fail before any compile (the signing key);
+3. ``compile`` — prepare the release's tree once (cached), compile the changed objects unpatched
+   and patched (vmlinux's debuginfo and struct sizes are read meanwhile);
+4. ``diff`` — the engine on each object pair;
+5. ``module`` — link the outputs with the ``kmod/`` hook against the headers, convert to
+   livepatch format;
+6. ``verify`` — every undefined symbol resolves, objtool's sites are listed, the vermagic;
+7. ``sign`` — the kernel's module signature, when a key is given;
+8. ``publish`` — the module and its result into the cache.
+
+The kernel source tree is restored on every exit path (``patched_tree``) and the module reaches
+the cache only when every step succeeded: a failed build leaves no artifact.  The same inputs
+again return the cached module unchanged.  ``StepLog`` is the one clock: a step's time in the
+result is its stage's in the log.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
-    host_compiler,
-    kernel_compiler,
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing import (  # noqa: F401
+    MODULE_SUFFIXES,
+    engine_output_path,
+    find_module_ko,
+    plain_module,
+    run_engine,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
@@ -34,19 +48,24 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck 
     check_undefined_symbols,
     strip_objtool_output,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.parentsyms import parent_symtab
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs import (
-    NoChangesError,
+    CompiledPairs,
     compile_kernel,
     compile_oot,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (  # noqa: F401
     BuildRequest,
     check_inputs,
-    is_pkcs11,
     sign_file_path,
     signature_hash,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.results import (  # noqa: F401
+    CACHE_FORMAT,
+    BuildResult,
+    ObjectDiff,
+    build_compiler,
+    cache_key,
+    cached_result,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
     KbuildError,
@@ -54,216 +73,40 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog i
     commands_through,
     run_logged,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import (
-    Toolchain,
-    choose_toolchain,
-    uses_toolchain_root,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import Toolchain, choose_toolchain
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.vmlinuxreads import VmlinuxReads
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import sha256_file, source_identity
 
-# Bumped when the cache layout or the meaning of a cached result changes.
-CACHE_FORMAT = 1
 FUNCTION_SECTIONS = "-ffunction-sections -fdata-sections"
-# What follows ".ko" in a module file name: plain, or compressed the ways distros ship them.
-MODULE_SUFFIXES = ("", ".xz", ".gz", ".zst")
 
 
 @dataclass
-class ObjectDiff:
-    """What the engine found in one changed object."""
+class Build:
+    """One build in progress: its checked request, log and scratch space, and each step's product."""
 
-    object: str
-    parent: str
-    changed_functions: List[str] = field(default_factory=list)
-    new_functions: List[str] = field(default_factory=list)
-    klp_relocations: int = 0
-    timings: Dict[str, float] = field(default_factory=dict)
+    req: BuildRequest
+    key: str
+    log: StepLog
+    work: Path
+    toolchain: Optional[Toolchain] = None
+    compiled: Optional[CompiledPairs] = None
+    sizes: Dict[str, int] = field(default_factory=dict)
+    diffs: List[ObjectDiff] = field(default_factory=list)
+    klp_ko: Optional[Path] = None
+    vermagic: str = ""
+    module: Optional[Path] = None  # the finished module in the cache
 
+    @property
+    def out_dir(self) -> Path:
+        return self.work / "output"
 
-@dataclass
-class BuildResult:
-    """The module built (or found in the cache) and how it was made."""
-
-    module_path: str
-    module_name: str
-    sha256: str
-    vermagic: str
-    release: str
-    replace: bool
-    cached: bool
-    objects: List[ObjectDiff] = field(default_factory=list)
-    timings: Dict[str, float] = field(default_factory=dict)
-    log: str = ""
-    cache_key: str = ""
-    source_dir: str = ""
-    # Hunks applied at an offset or with fuzz (patch, file, hunk, line, offset, fuzz).
-    hunk_adjustments: List[Dict[str, object]] = field(default_factory=list)
-    # Changed files from which this kernel builds no object (file, reason): not patched, not refused.
-    skipped_files: List[Dict[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> Dict[str, object]:
-        return asdict(self)
+    @property
+    def module_dir(self) -> Path:
+        """Where the finished module and its result are kept in the cache."""
+        return Path(self.req.cache_dir) / "modules" / self.key
 
 
-# --------------------------------------------------------------------------- inputs and cache
-
-
-def _code_identity(kmod_dir: Optional[Path]) -> str:
-    """Hash of the engine, build and hook sources: a new collection version rebuilds modules."""
-    here = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    files = sorted(list(here.parent.glob("_elf/*.py")) + list(here.parent.glob("_engine/*.py"))
-                   + list(here.glob("*.py")))
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for name, data in sorted(kmod_sources(kmod_dir).items()):
-        digest.update(name.encode() + b"\0" + data)
-    return digest.hexdigest()
-
-
-def cache_key(req: BuildRequest) -> str:
-    """Identity of a build: the same key means the same module bytes would come out."""
-    vm = os.stat(req.vmlinux)
-    parts = {
-        "format": CACHE_FORMAT,
-        "patches": [sha256_file(Path(p)) for p in req.patches],
-        "release": req.release,
-        "config": req.kernel_config.sha256,
-        "vmlinux": [vm.st_size, int(vm.st_mtime)],
-        "name": req.module_name,
-        "replace": req.replace,
-        "fuzz": req.fuzz,
-        "signed": _signing_identity(req),
-        "compiler": build_compiler(req),
-        "code": _code_identity(req.kmod_dir),
-        "source": (oot_identity(req.oot) if req.oot else req.acquire.identity if req.acquire
-                   else source_identity(Path(req.source_dir))),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _signing_identity(req: BuildRequest) -> Optional[List[str]]:
-    """Certificate and key of a signed build: a module signed with one key is never returned for another."""
-    if not req.signing_key or not req.signing_cert:
-        return None
-    key = str(req.signing_key) if is_pkcs11(req.signing_key) else sha256_file(Path(str(req.signing_key)))
-    return [sha256_file(Path(str(req.signing_cert))), key, signature_hash(req)]
-
-
-def build_compiler(req: BuildRequest) -> Optional[str]:
-    """The host compiler when a build would use one other than the kernel's (skip_compiler_check), else None.
-
-    Without the skip a build only ever runs with the kernel's compiler, which vmlinux already
-    identifies; with it, objects from another compiler are different bytes and must not share a key.
-    """
-    if not req.skip_compiler_check:
-        return None
-    host = host_compiler()
-    if host == kernel_compiler(Path(req.vmlinux)) or uses_toolchain_root(req):
-        return None  # the kernel's own compiler builds it (on the host, or in a toolchain root)
-    return host
-
-
-def cached_result(req: BuildRequest, key: str) -> Optional[BuildResult]:
-    """The result recorded for ``key``, if its module is still there with the recorded hash."""
-    entry = Path(req.cache_dir) / "modules" / key / "result.json"
-    try:
-        data = json.loads(entry.read_text())
-    except (OSError, ValueError):
-        return None
-    ko = Path(data["module_path"])
-    if not ko.is_file() or sha256_file(ko) != data["sha256"]:
-        return None
-    data["objects"] = [ObjectDiff(**o) for o in data.get("objects", [])]
-    data["cached"] = True
-    return BuildResult(**data)
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> Path:
-    """The release's own ``<module>.ko`` (its symbol table is the parent for lookups).
-
-    Distros ship modules compressed (Debian 6.12: ``.ko.xz``; others ``.ko.zst``/``.ko.gz``);
-    a compressed one is unpacked into ``scratch`` and that plain copy is returned.
-    """
-    if modules_dir is None or not Path(modules_dir).is_dir():
-        raise KbuildError(f"the patch changes module {module}, but no modules directory was given "
-                          f"(/lib/modules/<release> of the target kernel)")
-    names = {module, module.replace("_", "-")}
-    for path in sorted(Path(modules_dir).rglob("*.ko*")):
-        base, _sep, suffix = path.name.partition(".ko")
-        if base in names and suffix in MODULE_SUFFIXES:
-            return plain_module(path, scratch)
-    raise KbuildError(f"module {module}.ko (plain, .xz, .gz or .zst) not found under {modules_dir}")
-
-
-def plain_module(path: Path, scratch: Path) -> Path:
-    """``path`` when it is a plain ``.ko``, else its contents unpacked into ``scratch``."""
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
-        ModinfoError,
-        decompress_module,
-    )
-
-    base, _sep, suffix = Path(path).name.partition(".ko")
-    if not suffix:
-        return Path(path)
-    try:
-        plain = decompress_module(str(path), Path(path).read_bytes())
-    except ModinfoError as exc:
-        raise KbuildError(str(exc)) from exc
-    scratch.mkdir(parents=True, exist_ok=True)
-    dest = scratch / f"{base}.ko"
-    dest.write_bytes(plain)
-    return dest
-
-
-def _parent_file(req: BuildRequest, parent: str, scratch: Path) -> Path:
-    """vmlinux, the out-of-tree module being patched, or the release's own module ``parent``."""
-    if parent == "vmlinux":
-        return Path(req.vmlinux)
-    if req.oot and parent == req.oot.name:
-        return plain_module(req.oot.ko, scratch)
-    return find_module_ko(req.modules_dir, parent, scratch)
-
-
-def engine_output_path(out_dir: Path, index: int, obj: str) -> Path:
-    """Where ``run_engine`` writes the output of the ``index``-th object (sorted order)."""
-    return out_dir / f"output-{index}-{Path(obj).stem}.o"
-
-
-def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched_dir: Path,
-               out_dir: Path, sizes: Dict[str, int], log: StepLog) -> List[ObjectDiff]:
-    """Diff each original/patched object pair; return what changed, write outputs to ``out_dir``."""
-    # Imported here: the engine needs pyelftools, which the module reports missing on its own.
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
-
-    symtabs: Dict[str, object] = {}
-    symvers = Path(req.headers) / "Module.symvers"
-    diffs: List[ObjectDiff] = []
-    for index, (obj, parent) in enumerate(sorted(pairs.items())):
-        with log.step("diff-object", obj) as res:
-            if parent not in symtabs:
-                scratch = out_dir.parent / "parents"
-                source = _parent_file(req, parent, scratch)
-                # A module unpacked into this build's scratch space is a new file each time: not cached.
-                cached = scratch not in source.parents
-                symtabs[parent] = parent_symtab(source, parent, Path(req.cache_dir) / "symtabs" if cached else None)
-            out = engine_output_path(out_dir, index, obj)
-            result = create_diff_object(str(orig_dir / obj), str(patched_dir / obj), parent, symtabs[parent],
-                                        str(symvers) if symvers.is_file() else None, req.module_name, str(out),
-                                        struct_sizes=sizes)
-            res.detail = (f"{obj}: changed {' '.join(result.changed_functions) or '-'}; "
-                          f"new {' '.join(result.new_functions) or '-'}")
-        if result.has_changes:
-            diffs.append(ObjectDiff(obj, parent, result.changed_functions, result.new_functions,
-                                    result.klp_relocations, result.timings))
-    if not diffs:
-        raise NoChangesError(f"the patch {' '.join(str(p) for p in req.patches)} changes no function in "
-                             f"{', '.join(sorted(pairs))}: nothing to live patch")
-    return diffs
+# --------------------------------------------------------------------------- helpers
 
 
 def patch_include_dir(cache_dir: Path, kmod_dir: Optional[Path] = None) -> Path:
@@ -292,15 +135,6 @@ def sign_module(req: BuildRequest, ko: Path, log: StepLog, step: str = "sign", w
                    what=what)
 
 
-def check_signing(req: BuildRequest, work: Path, log: StepLog) -> None:
-    """Sign a scratch file before any compile: a key that does not match its certificate, a key
-    ``sign-file`` cannot read or a wrong ``KBUILD_SIGN_PIN`` fails here, not after the build."""
-    probe = work / "sign-probe"
-    probe.write_bytes(b"kpatch-livepatch signing probe\n")
-    sign_module(req, probe, log, step="check-signing",
-                what=f"signing with signing_key {req.signing_key} and signing_cert {req.signing_cert}")
-
-
 def _publish(ko: Path, final_dir: Path, name: str) -> Path:
     """Move the finished module into place atomically: readers see all of it or nothing."""
     final_dir.mkdir(parents=True, exist_ok=True)
@@ -311,12 +145,139 @@ def _publish(ko: Path, final_dir: Path, name: str) -> Path:
     return dest
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- the steps
+
+
+def choose_compiler(build: Build) -> None:
+    with build.log.step("check-compiler") as res:
+        build.toolchain = choose_toolchain(build.req, build.log, build.work)
+        res.detail = build.toolchain.detail
+
+
+def check_signing(build: Build) -> None:
+    """Sign a scratch file before any compile: a key that does not match its certificate, a key
+    ``sign-file`` cannot read or a wrong ``KBUILD_SIGN_PIN`` fails here, not after the build."""
+    req = build.req
+    if not req.signing_key:
+        return
+    probe = build.work / "sign-probe"
+    probe.write_bytes(b"kpatch-livepatch signing probe\n")
+    sign_module(req, probe, build.log, step="check-signing",
+                what=f"signing with signing_key {req.signing_key} and signing_cert {req.signing_cert}")
+
+
+def compile_objects(build: Build) -> None:
+    """The changed objects, unpatched and patched; vmlinux's reads overlap the tree's preparation."""
+    req, toolchain = build.req, build.toolchain
+    assert toolchain is not None  # choose_compiler ran first
+    with VmlinuxReads(req, build.log) as reads:
+        # The same flags for the header mapping's compiles as for the build below: kbuild then finds
+        # the objects it compiled up to date instead of compiling them again.
+        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.kmod_dir)}"
+        build.compiled = (compile_oot(req, req.oot, build.log, build.work, cflags) if req.oot
+                          else compile_kernel(req, build.log, build.work, toolchain.other_compiler, cflags,
+                                              compiler=toolchain.identity, debuginfo=reads.debuginfo))
+        build.sizes = reads.struct_sizes()
+    for adjusted in build.compiled.adjustments:
+        build.log.note("hunk-adjusted", adjusted.describe())
+
+
+def diff_objects(build: Build) -> None:
+    compiled = build.compiled
+    assert compiled is not None
+    build.out_dir.mkdir(parents=True)
+    build.diffs = run_engine(build.req, compiled.pairs, compiled.orig_dir, compiled.patched_dir, build.out_dir,
+                             build.sizes, build.log)
+
+
+def link_module(build: Build) -> None:
+    """The engine's outputs and the hook linked against the headers, then in livepatch format."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
+
+    req, log = build.req, build.log
+    outputs = sorted(build.out_dir.glob("output-*.o"))
+    if req.kernel_config.objtool_runs_on_linked_module:
+        with log.step("strip-objtool-output") as res:
+            res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
+    linked = build_patch_module(Path(req.headers), outputs, req.module_name, build.work / "kmod", log,
+                                replace=req.replace, jobs=req.jobs, kmod_dir=req.kmod_dir)
+    build.klp_ko = build.work / f"{req.module_name}.ko"
+    with log.step("create-klp-module") as res:
+        conv = create_klp_module(str(linked), str(build.klp_ko))
+        res.detail = (f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections "
+                      f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
+                      f"{conv.call_sites_dropped} call sites dropped")
+
+
+def verify_module(build: Build) -> None:
+    """What the kernel's loader will need: resolvable symbols, listed objtool sites, this release."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import read_modinfo
+
+    req, log, compiled, ko = build.req, build.log, build.compiled, build.klp_ko
+    assert compiled is not None and ko is not None
+    with log.step("check-undefined-symbols") as res:
+        symvers = Path(req.headers) / "Module.symvers"
+        made_from = {engine_output_path(build.out_dir, i, obj): obj for i, obj in enumerate(sorted(compiled.pairs))}
+        resolved = check_undefined_symbols(ko, {p: o for p, o in made_from.items() if p.is_file()},
+                                           symvers if symvers.is_file() else None)
+        res.detail = f"{resolved} undefined symbols, all exported"
+    with log.step("check-objtool-sites") as res:
+        sites = check_objtool_sites(ko, req.kernel_config, compiled.source_root)
+        res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
+    info = read_modinfo(str(ko))
+    if info.release != req.release:
+        raise KbuildError(f"built module has vermagic {info.vermagic!r}, not for {req.release}: "
+                          "the headers do not belong to this release")
+    build.vermagic = info.vermagic
+
+
+def sign(build: Build) -> None:
+    if build.req.signing_key:
+        assert build.klp_ko is not None
+        sign_module(build.req, build.klp_ko, build.log)
+
+
+def publish_to_cache(build: Build) -> None:
+    assert build.klp_ko is not None
+    build.module = _publish(build.klp_ko, build.module_dir, build.req.module_name)
+
+
+# The build after the compiler choice, in order; each step's time is its stage's in the log.
+BUILD_STEPS: Tuple[Tuple[str, Callable[[Build], None]], ...] = (
+    ("checks", check_signing),
+    ("compile", compile_objects),
+    ("diff", diff_objects),
+    ("module", link_module),
+    ("verify", verify_module),
+    ("sign", sign),
+    ("publish", publish_to_cache),
+)
+
+
+def run_steps(build: Build, steps: Sequence[Tuple[str, Callable[[Build], None]]]) -> None:
+    for name, step in steps:
+        with build.log.stage(name):
+            step(build)
+
+
+def result_of(build: Build) -> BuildResult:
+    """The finished build's result, as recorded in the cache (timings: the log's stages)."""
+    req, compiled, module = build.req, build.compiled, build.module
+    assert compiled is not None and module is not None
+    return BuildResult(module_path=str(module), module_name=req.module_name, sha256=sha256_file(module),
+                       vermagic=build.vermagic, release=req.release, replace=req.replace, cached=False,
+                       objects=build.diffs, timings=dict(build.log.stages), log=str(build.log.path),
+                       cache_key=build.key, source_dir=str(req.source_dir),
+                       hunk_adjustments=[asdict(a) for a in compiled.adjustments],
+                       skipped_files=[{"file": f, "reason": why} for f, why in sorted(compiled.skipped.items())])
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 def plan(req: BuildRequest) -> Dict[str, object]:
     """What a build would do (check mode): the key and whether the cache already has it."""
-    check_inputs(req)
+    req = check_inputs(req)
     key = cache_key(req)
     hit = cached_result(req, key)
     planned: Dict[str, object] = {
@@ -330,110 +291,32 @@ def plan(req: BuildRequest) -> Dict[str, object]:
 def build_livepatch(req: BuildRequest) -> BuildResult:
     """Build (or fetch from the cache) the livepatch module for ``req``."""
     start = time.monotonic()
-    check_inputs(req)
+    req = check_inputs(req)
     key = cache_key(req)
     hit = cached_result(req, key)
     if hit is not None:
         final = _publish(Path(hit.module_path), Path(req.output_dir), hit.module_name)
-        hit.module_path = str(final)
-        hit.source_dir = str(req.source_dir)
-        return hit
+        return replace(hit, module_path=str(final), source_dir=str(req.source_dir))
     cache_dir = Path(req.cache_dir)
     log = StepLog(cache_dir / "logs" / f"{req.module_name}-{key}.log")
     log.note("start", f"{req.module_name} for {req.release} from {' '.join(str(p) for p in req.patches)}")
-    timings: Dict[str, float] = {}
     if req.acquire:
-        t = time.monotonic()
-        req.source_dir = acquire_source(req.acquire, log)
-        _timed(timings, "acquire_source", t)
+        with log.stage("acquire_source"):
+            req = replace(req, source_dir=acquire_source(req.acquire, log))
     (cache_dir / "work").mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{req.module_name}-", dir=cache_dir / "work"))
+    build = Build(req, key, log, Path(tempfile.mkdtemp(prefix=f"{req.module_name}-", dir=cache_dir / "work")))
     try:
-        t = time.monotonic()
-        with log.step("check-compiler") as res:
-            toolchain = choose_toolchain(req, log, work)
-            res.detail = toolchain.detail
-        _timed(timings, "toolchain", t)
+        run_steps(build, (("toolchain", choose_compiler),))
+        assert build.toolchain is not None
         # Inside a toolchain root every kbuild command of the build runs there (steplog.run_logged).
-        with commands_through(toolchain.wrapper):
-            result = _build(req, key, log, work, timings, toolchain)
+        with commands_through(build.toolchain.wrapper):
+            run_steps(build, BUILD_STEPS)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result.source_dir = str(req.source_dir)
-    timings["total"] = round(time.monotonic() - start, 3)
-    result.timings = timings
-    entry = cache_dir / "modules" / key / "result.json"
-    entry.write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True))
+        shutil.rmtree(build.work, ignore_errors=True)
+    log.stages["total"] = round(time.monotonic() - start, 3)
+    result = result_of(build)
+    (build.module_dir / "result.json").write_text(json.dumps(result.as_dict(), indent=1, sort_keys=True))
     final = _publish(Path(result.module_path), Path(req.output_dir), result.module_name)
-    result.module_path = str(final)
-    log.note("done", f"{final} sha256={result.sha256} in {timings['total']:.2f}s")
-    return result
-
-
-def _timed(timings: Dict[str, float], name: str, start: float) -> None:
-    timings[name] = round(time.monotonic() - start, 3)
-
-
-def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[str, float],
-           toolchain: Toolchain) -> BuildResult:
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import create_klp_module
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import read_modinfo
-
-    t = time.monotonic()
-    if req.signing_key:
-        check_signing(req, work, log)
-    _timed(timings, "checks", t)
-    with VmlinuxReads(req, log) as reads:
-        t = time.monotonic()
-        # The same flags for the header mapping's compiles as for the build below: kbuild then finds
-        # the objects it compiled up to date instead of compiling them again.
-        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.kmod_dir)}"
-        compiled = (compile_oot(req, req.oot, log, work, cflags) if req.oot
-                    else compile_kernel(req, log, work, toolchain.other_compiler, cflags, timings,
-                                        compiler=toolchain.identity, debuginfo=reads.debuginfo))
-        sizes = reads.struct_sizes()
-    pairs, orig_dir, patched_dir = compiled.pairs, compiled.orig_dir, compiled.patched_dir
-    out_dir = work / "output"
-    out_dir.mkdir(parents=True)
-    for adjusted in compiled.adjustments:
-        log.note("hunk-adjusted", adjusted.describe())
-    _timed(timings, "compile", t)
-    t = time.monotonic()
-    diffs = run_engine(req, pairs, orig_dir, patched_dir, out_dir, sizes, log)
-    _timed(timings, "diff", t)
-    t = time.monotonic()
-    outputs = sorted(out_dir.glob("output-*.o"))
-    if req.kernel_config.objtool_runs_on_linked_module:
-        with log.step("strip-objtool-output") as res:
-            res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
-    linked = build_patch_module(Path(req.headers), outputs, req.module_name, work / "kmod", log,
-                                replace=req.replace, jobs=req.jobs, kmod_dir=req.kmod_dir)
-    final_dir = Path(req.cache_dir) / "modules" / key
-    final_dir.mkdir(parents=True, exist_ok=True)
-    klp_ko = work / f"{req.module_name}.ko"
-    with log.step("create-klp-module") as res:
-        conv = create_klp_module(str(linked), str(klp_ko))
-        res.detail = (f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections "
-                      f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
-                      f"{conv.call_sites_dropped} call sites dropped")
-    with log.step("check-undefined-symbols") as res:
-        symvers = Path(req.headers) / "Module.symvers"
-        made_from = {engine_output_path(out_dir, i, obj): obj for i, obj in enumerate(sorted(pairs))}
-        resolved = check_undefined_symbols(klp_ko, {p: o for p, o in made_from.items() if p.is_file()},
-                                           symvers if symvers.is_file() else None)
-        res.detail = f"{resolved} undefined symbols, all exported"
-    with log.step("check-objtool-sites") as res:
-        sites = check_objtool_sites(klp_ko, req.kernel_config, compiled.source_root)
-        res.detail = f"{sites.returns} returns, {sites.retpolines} retpoline calls listed; {sites.orc_entries} ORC entries"
-    if req.signing_key:
-        sign_module(req, klp_ko, log)
-    ko = _publish(klp_ko, final_dir, req.module_name)
-    _timed(timings, "module", t)
-    info = read_modinfo(str(ko))
-    if info.release != req.release:
-        raise KbuildError(f"built module has vermagic {info.vermagic!r}, not for {req.release}: "
-                          "the headers do not belong to this release")
-    return BuildResult(module_path=str(ko), module_name=req.module_name, sha256=sha256_file(ko), vermagic=info.vermagic,
-                       release=req.release, replace=req.replace, cached=False, objects=diffs, log=str(log.path),
-                       cache_key=key, hunk_adjustments=[asdict(a) for a in compiled.adjustments],
-                       skipped_files=[{"file": f, "reason": why} for f, why in sorted(compiled.skipped.items())])
+    log.note("done", f"{final} sha256={result.sha256} in {log.stages['total']:.2f}s "
+                     f"({' '.join(f'{k}={v:.2f}s' for k, v in log.stages.items() if k != 'total')})")
+    return replace(result, module_path=str(final))

@@ -9,7 +9,7 @@ build host's distribution plan (``distro.py``); every input is checked before an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -20,7 +20,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire i
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import plan_for
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kconfig import KernelConfig
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import kmod_sources, module_name
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import default_module_name, kmod_sources, module_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import OotModule, check_oot_inputs
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching import check_fuzz
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
@@ -78,26 +78,24 @@ class BuildRequest:
 
     @property
     def module_name(self) -> str:
-        if self.name:
-            return module_name(self.name)
-        stem = Path(self.patches[0]).name
-        for suffix in (".patch", ".diff"):
-            stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-        return module_name(f"livepatch-{stem}")
+        return module_name(self.name) if self.name else default_module_name(self.patches[0])
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def check_inputs(req: BuildRequest) -> None:
-    """Every named input exists and the kernel can take live patches — before any work."""
+def check_inputs(req: BuildRequest) -> BuildRequest:
+    """Every named input exists and the kernel can take live patches — before any work.
+
+    Returns the request to build: the same, with the patches' paths made absolute.
+    """
     if not req.patches:
         raise KbuildError("no patch given")
     for patch in req.patches:
         if not Path(patch).is_file():
             raise KbuildError(f"patch {patch} does not exist")
     # patch(1) runs inside the tree: relative names must not depend on the caller's directory.
-    req.patches = [Path(p).resolve() for p in req.patches]
+    req = replace(req, patches=[Path(p).resolve() for p in req.patches])
     if bool(req.oot_module) != bool(req.oot_module_src):
         raise KbuildError("an out-of-tree module needs both oot_module (its .ko) and oot_module_src (its source)")
     if req.oot:
@@ -120,6 +118,7 @@ def check_inputs(req: BuildRequest) -> None:
         raise KbuildError("signing needs both signing_key and signing_cert")
     if req.signing_key:
         check_signing_inputs(req)
+    return req
 
 
 def is_pkcs11(key: object) -> bool:

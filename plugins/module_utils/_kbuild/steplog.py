@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 # How much of a failing command's output goes into the exception message.
 ERROR_TAIL_LINES = 25
@@ -35,6 +35,8 @@ class StepLog:
 
     path: Path
     lines: List[str] = field(default_factory=list)
+    # Seconds per stage (a named group of steps, ``stage``): the build result's timings.
+    stages: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -66,6 +68,15 @@ class StepLog:
             self.write(name, "FAILED", time.monotonic() - start, _first_line(str(exc)) or type(exc).__name__)
             raise
         self.write(name, "ok", time.monotonic() - start, result.detail)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a group of steps; its seconds are added to ``stages[name]`` however it ends."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(self.stages.get(name, 0.0) + time.monotonic() - start, 3)
 
     def append_output(self, header: str, text: str) -> None:
         with open(self.output_path, "a", encoding="utf-8", errors="replace") as fh:
