@@ -79,9 +79,9 @@ def livepatch_module_index(results, artifacts_dir):
         item = res["item"]
         key = "%s@%s" % (item["name"], item["release"])
         if res.get("failed"):
+            why = res.get("msg") or "unknown error"
             index[key] = {"name": item["name"], "release": item["release"], "built": False,
-                          "reason": "building %s for %s failed: %s" % (item["name"], item["release"],
-                                                                        res.get("msg") or "unknown error")}
+                          "reason": "building %s for %s failed: %s" % (item["name"], item["release"], why)}
             continue
         index[key] = {"name": item["name"], "release": item["release"], "built": True,
                       "kname": kernel_module_name(res["module_name"]),
