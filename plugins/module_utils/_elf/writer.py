@@ -333,17 +333,19 @@ def serialise(obj: ElfObject) -> bytes:
 
 
 def write_elf(obj: ElfObject, path: str) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file in the same directory, then rename)."""
+    """Write ``obj`` to ``path`` atomically (temporary file in the same directory, then rename):
+    readers see the old file or the whole new one, never a part."""
     path = str(path)
     data = serialise(obj)
     directory = os.path.dirname(os.path.abspath(path))
     mode = _target_mode(path)
     fd, tmp = _create_temporary(directory, os.path.basename(path))
     try:
+        # No fsync: the rename makes the file appear whole or not at all to concurrent readers, which
+        # is what an engine output needs (the build links it at once); forcing it to disk cost more
+        # than the whole diff of a small object.
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
