@@ -31,7 +31,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors impor
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
     EHDR_SIZE,
     ELFCLASS32,
-    ELFCLASS64,
     ELFDATA2LSB,
     RELA,
     RELA_ENTSIZE,
@@ -75,14 +74,12 @@ _MACHINE_NAMES = {3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/3
 
 def check_ident(head: bytes, where: str) -> None:
     """Reject anything but an ELF64 little-endian x86-64 file, naming file and reason."""
-    if len(head) >= 5 and head[:4] == b"\x7fELF" and head[4] == ELFCLASS32:
+    header = identify(head[:EHDR_SIZE], where)  # not ELF, truncated, unknown class or encoding
+    if header.elf_class == ELFCLASS32:
         raise ElfFormatError("%s: 32-bit ELF (ELFCLASS32); only ELF64 is supported" % where)
-    if len(head) >= 6 and head[:4] == b"\x7fELF" and head[4] == ELFCLASS64 and head[5] != ELFDATA2LSB:
-        raise ElfFormatError("%s: big-endian or invalid data encoding %d; only little-endian "
-                             "(ELFDATA2LSB) is supported" % (where, head[5]))
-    if len(head) >= 5 and head[:4] == b"\x7fELF" and head[4] != ELFCLASS64:
-        raise ElfFormatError("%s: invalid ELF class %d; only ELF64 is supported" % (where, head[4]))
-    header = identify(head[:EHDR_SIZE], where)
+    if header.byte_order != ELFDATA2LSB:
+        raise ElfFormatError("%s: big-endian data encoding (ELFDATA2MSB); only little-endian "
+                             "(ELFDATA2LSB) is supported" % where)
     if header.e_machine != EM_X86_64:
         name = _MACHINE_NAMES.get(header.e_machine, "unknown")
         raise ElfFormatError("%s: machine %s (e_machine=%d) is not x86-64 (EM_X86_64=%d)"

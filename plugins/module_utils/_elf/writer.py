@@ -315,20 +315,20 @@ def serialise(obj: ElfObject) -> bytes:
         size = sec.size if sec.sh_type == SHT_NOBITS else len(data)
         flags = sec.flags if id(sec) not in regenerated else 0
         headers.append(SHDR.pack(plan.names[id(sec)], sec.sh_type, flags, sec.addr, offset, size,
-                                  plan.links.get(id(sec), 0), plan.infos.get(id(sec), 0), align, entsize))
+                                 plan.links.get(id(sec), 0), plan.infos.get(id(sec), 0), align, entsize))
     count = len(headers)
     shstrndx = plan.shstrtab.index
     if count >= SHN_LORESERVE or shstrndx >= SHN_LORESERVE:
         # Extended numbering: the real values live in section 0's sh_size / sh_link.
         headers[0] = SHDR.pack(0, 0, 0, 0, 0, count if count >= SHN_LORESERVE else 0,
-                                shstrndx if shstrndx >= SHN_LORESERVE else 0, 0, 0, 0)
+                               shstrndx if shstrndx >= SHN_LORESERVE else 0, 0, 0, 0)
     shoff = _align(len(body), 8)
     body.extend(bytes(shoff - len(body)))
     body.extend(b"".join(headers))
     ident = ELF_MAGIC + bytes([ELFCLASS64, ELFDATA2LSB, 1, obj.ei_osabi, obj.ei_abiversion]) + bytes(7)
     EHDR.pack_into(body, 0, ident, ET_REL, EM_X86_64, 1, 0, 0, shoff, obj.e_flags, EHDR_SIZE, 0, 0,
-                    SHDR_SIZE, count if count < SHN_LORESERVE else 0,
-                    shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX)
+                   SHDR_SIZE, count if count < SHN_LORESERVE else 0,
+                   shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX)
     return bytes(body)
 
 
