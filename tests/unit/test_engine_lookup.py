@@ -17,6 +17,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
     parse_readelf_symbols,
     read_symvers,
     symbols_from_model,
+    wanted_by,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf, read_symbols
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
@@ -259,3 +260,24 @@ def test_object_without_file_symbol_does_not_reuse_the_previous_objects_block(tm
 
 def test_lookup_and_special_section_errors_are_patch_rejections():
     assert issubclass(SymbolLookupError, PatchRejected) and issubclass(SpecialSectionError, PatchRejected)
+
+
+def test_table_read_for_one_object_answers_as_the_whole_table(parent_with_duplicates, tmp_path):
+    """The readelf table read only for what x.o can ask (its names, their .N-less bases, its file's
+    block) gives the same answers as the whole table, and refuses a name it was not read for."""
+    parent, root = parent_with_duplicates
+    text = tmp_path / "parent.symtab"
+    text.write_text(subprocess.run(["readelf", "-s", "--wide", str(parent)], capture_output=True, text=True,
+                                   check=True).stdout)
+    obj = read_elf(str(root / "x" / "x.o"))
+    full = load_parent_symtab(str(text), "vmlinux")
+    narrow = load_parent_symtab(str(text), "vmlinux", wanted_by(obj))
+    assert len(narrow.named) < len(full.named)  # drive_a and drive_c were not read
+    for name in wanted_by(obj).names:
+        assert narrow.find_global(name) == full.find_global(name)
+    blocks = (full.select_object_blocks(obj), narrow.select_object_blocks(obj))
+    assert [s.name for s in blocks[0].first.locals] == [s.name for s in blocks[1].first.locals]
+    assert full.find_local("twice", blocks[0].first) == narrow.find_local("twice", blocks[1].first)
+    assert narrow.find_local("twice", blocks[1].first).sympos == 2
+    with pytest.raises(SymbolLookupError, match="drive_a was not among the names announced"):
+        narrow.find_global("drive_a")
