@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import ELF_MAGIC
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
@@ -153,35 +153,38 @@ def wanted_by(*objects: ElfObject) -> Wanted:
     return Wanted(frozenset(names), frozenset(files), frozenset(base_name(n) for n in names))
 
 
-def _symtab_lines(lines: Iterable[str]) -> Iterator[str]:
-    """The lines of the ``.symtab`` table (readelf may print ``.dynsym`` too), newlines stripped."""
-    in_symtab = False
-    for line in lines:
-        if line.startswith("Symbol table"):
-            in_symtab = "'.symtab'" in line
-        elif in_symtab:
-            yield line.rstrip("\n")
-
-
-def _rows_wanted(lines: Iterable[str], wanted: Wanted) -> Iterator[str]:
-    """The lines of ``lines`` a table read for ``wanted`` needs, told apart without parsing.
+def _symtab_rows(lines: Iterable[str], wanted: Optional[Wanted]) -> List[str]:
+    """The lines of the ``.symtab`` table (readelf may print ``.dynsym`` too); with ``wanted``, only
+    those a table read for it needs, told apart without parsing (one loop: vmlinux has 120,000).
 
     A row's name is its last field (readelf prints it as one token); its type and binding
     columns are padded with spaces, so `` FILE `` / `` LOCAL `` find them.  Until the first
     STT_FILE row everything is kept: a module without file symbols is one block.
     """
-    seen_file = in_wanted_file = False
-    names, files = wanted.names, wanted.files
+    rows: List[str] = []
+    keep = rows.append
+    in_symtab = seen_file = in_wanted_file = False
+    names, files, bases = (wanted.names, wanted.files, wanted.bases) if wanted is not None else ((), (), ())
     for line in lines:
-        name = line[line.rfind(" ") + 1:]
-        if "@" in name:
-            name = name.split("@", 1)[0]
-        if " FILE " in line:
-            seen_file, in_wanted_file = True, name in files
-        elif seen_file and name not in names and not (in_wanted_file and " LOCAL " in line) \
-                and ("." not in name or base_name(name) not in wanted.bases):
+        if line.startswith("Symbol table"):
+            in_symtab = "'.symtab'" in line
             continue
-        yield line
+        if not in_symtab:
+            continue
+        if wanted is not None:
+            # the common case first: a row of another name, in another file's block
+            name = line[line.rfind(" ") + 1:].rstrip("\n")
+            if "@" in name:
+                name = name.split("@", 1)[0]
+            if name not in names and seen_file and not (in_wanted_file and " LOCAL " in line):
+                if " FILE " in line:
+                    in_wanted_file = name in files
+                elif "." not in name or base_name(name) not in bases:
+                    continue
+            elif " FILE " in line:
+                seen_file, in_wanted_file = True, name in files
+        keep(line)
+    return rows
 
 
 def parse_readelf_symbols(text: Union[str, Iterable[str]], wanted: Optional[Wanted] = None) -> List[ParentSymbol]:
@@ -191,11 +194,8 @@ def parse_readelf_symbols(text: Union[str, Iterable[str]], wanted: Optional[Want
     With ``wanted``, only the rows it needs (see :class:`Wanted`): vmlinux has 120,000 rows, and
     an object asks about a few dozen names, so parsing every row would dominate the engine's time.
     """
-    lines = _symtab_lines(text.splitlines() if isinstance(text, str) else text)
-    if wanted is not None:
-        lines = _rows_wanted(lines, wanted)
     out: List[ParentSymbol] = []
-    for line in lines:
+    for line in _symtab_rows(text.splitlines() if isinstance(text, str) else text, wanted):
         match = _READELF_LINE.match(line)
         if not match:
             continue
