@@ -72,8 +72,8 @@ ELF_LAYER = tuple(os.path.join(MODULE_UTILS, "_elf", name)
 GENERATED = {
     "__init__.py": b'"""kpatch.livepatch target runtime (module_utils/_target and the ELF layer it uses)."""\n',
     "boot.py": (b'"""``python3 -m kpatch_target.boot``: the boot service\'s entry point (runs _target.boot)."""\n'
-                b"import sys\n\nfrom kpatch_target._target.boot import main\n\n"
-                b'if __name__ == "__main__":\n    sys.exit(main())\n'),
+                b"from kpatch_target._target.boot import main\n\n"
+                b'if __name__ == "__main__":\n    raise SystemExit(main())\n'),
 }
 # zip's epoch is 1980; any fixed stamp makes the archive reproducible.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
