@@ -4,9 +4,14 @@ Two workloads, each run by both tools with identical command lines (kpatch's arg
 * kpatch's 55-case x86-64 unit suite (``../shared/kpatch-unit-objs``), as its ``run`` script
   calls the tool: the ORIG object's own ``readelf -s --wide`` as the parent symbol table, the
   suite's struct sizes; summed wall time and the largest peak RSS;
-* one-line changes in big real objects of the Debian 6.1 tree (net/core/dev.o, fs/ext4/inode.o;
-  ``tests/integration/engine_pairs.py``), with vmlinux's ``readelf -s --wide`` as the parent;
-  best of N wall time and peak RSS per object.
+* one-line changes in big real objects of the Debian 6.1 tree (net/core/dev.o, fs/ext4/inode.o,
+  kernel/sched/core.o, fs/ext4/super.o; ``tests/integration/engine_pairs.py``), with vmlinux's ``readelf -s --wide`` as the
+  parent; best of N wall time and peak RSS per object.
+Peak RSS comes from GNU time (``/usr/bin/time -f %M``) around each tool: a child's own
+``wait4`` figure would include this Python process's RSS, which Linux carries into the child's
+high-water mark across fork and exec.  Our tool runs as installed, its bytecode compiled
+(``compileall`` first: this environment may set PYTHONDONTWRITEBYTECODE, which would make every
+run compile the collection's modules again).
 The reference binary is built from kpatch's own sources by ``../shared/reference/build-kpatch-cdo``
 (pass ``--reference PATH`` to reuse one); without it only our absolute figures are printed.
 Every figure is measured here, now; the goals (<= 2x time and memory per big object, <= 3x the
@@ -18,6 +23,7 @@ Run: ``.venv/bin/python bench/bench_cdo_ratio.py [--reference PATH] [--runs N]``
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import subprocess
@@ -39,23 +45,36 @@ OURS = REPO / "tools" / "create-diff-object"
 SUITE_SIZES = {"PARA_STRUCT_SIZE": "16", "EX_STRUCT_SIZE": "12", "BUG_STRUCT_SIZE": "12", "ALT_STRUCT_SIZE": "13",
                "JUMP_STRUCT_SIZE": "24", "ORC_STRUCT_SIZE": "6", "STATIC_CALL_STRUCT_SIZE": "8",
                "PRINTK_INDEX_STRUCT_SIZE": "44"}
-BIG = ("dev_valid_name", "ext4_inode")
+BIG = ("dev_valid_name", "ext4_inode", "sched_idle_cpu", "ext4_statfs")
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # the shell's `time` has no %M
 
 
 @dataclass
 class Run:
     seconds: float
-    max_rss_kb: int
+    max_rss_kb: int  # 0: not measured (no GNU time)
     rc: int
+    last_error: str = ""
 
 
 def timed(argv: Sequence[str], env: Dict[str, str], cwd: Path) -> Run:
-    """Wall time and peak RSS (of that child alone, from wait4) of one process."""
-    start = time.monotonic()
-    with open(os.devnull, "wb") as null:
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=null, stderr=null)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-    return Run(time.monotonic() - start, int(usage.ru_maxrss), os.waitstatus_to_exitcode(status))
+    """Wall time and peak RSS of one process (RSS through GNU time, see the docstring)."""
+    with tempfile.NamedTemporaryFile(prefix="rss-", dir=cwd) as rss:
+        wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *argv] if GNU_TIME else list(argv)
+        start = time.monotonic()
+        proc = subprocess.run(wrapped, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
+        seconds = time.monotonic() - start
+        text = Path(rss.name).read_text().split()
+    errors = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()]
+    return Run(seconds, int(text[-1]) if text and text[-1].isdigit() else 0, proc.returncode,
+               errors[-1] if errors else "")
+
+
+def compile_bytecode() -> None:
+    """Write our modules' bytecode once, as an installed collection has it."""
+    for tree in (REPO / "plugins" / "module_utils", REPO / "tools"):
+        compileall.compile_dir(str(tree), quiet=1)
 
 
 def readelf_symtab(obj: Path, dest: Path) -> Path:
@@ -142,6 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     ref = reference_binary(args.reference)
     print(f"reference: {ref or 'none (absolute figures only)'}")
+    print(f"peak RSS: {GNU_TIME or 'not measured (no /usr/bin/time)'}")
+    compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="kpatch-bench-cdo-") as tmp:
         work = Path(tmp)
         ours_s, ours_rss, ours_ok = run_suite(OURS, work)
@@ -157,8 +178,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             theirs = run_big(ref, name, symtab, work, args.runs) if ref else None
             for who, run in (("ours", ours), ("kpatch", theirs)):
                 if run is not None and run.rc not in (0, 3):
-                    print(f"{name}: {who} refused the pair (exit {run.rc}): no ratio")
+                    reason = run.last_error.rsplit(".o: ", 1)[-1]  # the message, without the object's path
+                    print(f"{name}: {who} refused the pair (exit {run.rc}: {reason}): no ratio")
             if ours.rc not in (0, 3) or (theirs is not None and theirs.rc not in (0, 3)):
+                if ours.rc in (0, 3):
+                    print(f"{name}: ours {ours.seconds:.2f} s / {ours.max_rss_kb // 1024} MiB")
                 continue
             print(f"{name}: ours {ours.seconds:.2f} s / {ours.max_rss_kb // 1024} MiB | kpatch "
                   f"{theirs and f'{theirs.seconds:.2f} s / {theirs.max_rss_kb // 1024} MiB'} | time "

@@ -7,7 +7,10 @@
 The ``target`` role used to copy the files of ``module_utils/_target`` one by one: one
 round trip each, most of a first apply under emulation.  This lookup packs them into one
 zip (package ``kpatch_target``, importable straight from the archive through ``PYTHONPATH``)
-on the controller.  The bytes depend only on the sources' names and contents (fixed
+on the controller.  The package mirrors ``module_utils``: ``kpatch_target/_target`` holds the
+runtime and ``kpatch_target/_elf`` the standard-library ELF layer it imports (``.._elf``), and
+a generated ``kpatch_target/boot.py`` keeps the service's entry point
+``python3 -m kpatch_target.boot``.  The bytes depend only on the sources' names and contents (fixed
 timestamps and modes, sorted entries), so ``ansible.builtin.copy`` sees the same checksum on
 every run and transfers nothing when the host already has it.
 """
@@ -61,7 +64,17 @@ from ansible.plugins.lookup import LookupBase
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.atomic import atomic_write
 
 PACKAGE = "kpatch_target"
-SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils", "_target")
+MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+SOURCES = os.path.join(MODULE_UTILS, "_target")
+# The part of the ELF layer the runtime imports (all standard library): the archive carries it.
+ELF_LAYER = tuple(os.path.join(MODULE_UTILS, "_elf", name)
+                  for name in ("__init__.py", "errors.py", "layout.py", "compressed.py"))
+GENERATED = {
+    "__init__.py": b'"""kpatch.livepatch target runtime (module_utils/_target and the ELF layer it uses)."""\n',
+    "boot.py": (b'"""``python3 -m kpatch_target.boot``: the boot service\'s entry point (runs _target.boot)."""\n'
+                b"from kpatch_target._target.boot import main\n\n"
+                b'if __name__ == "__main__":\n    raise SystemExit(main())\n'),
+}
 # zip's epoch is 1980; any fixed stamp makes the archive reproducible.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -77,16 +90,29 @@ def runtime_sources(source_dir=SOURCES):
     return [os.path.join(source_dir, n) for n in names]
 
 
+def archive_members(paths, elf_layer=ELF_LAYER):
+    """Archive name -> bytes: the runtime ``paths`` under ``_target/``, the ELF layer under ``_elf/``,
+    and the generated package entry files, sorted by name."""
+    members = {"%s/%s" % (PACKAGE, name): data for name, data in GENERATED.items()}
+    for sub, group in (("_target", paths), ("_elf", elf_layer)):
+        for path in group:
+            try:
+                with open(path, "rb") as fh:
+                    members["%s/%s/%s" % (PACKAGE, sub, os.path.basename(path))] = fh.read()
+            except OSError as exc:
+                raise AnsibleLookupError("target runtime source %s not readable: %s" % (path, exc))
+    return dict(sorted(members.items()))
+
+
 def archive_bytes(paths):
-    """A zip of ``paths`` under ``kpatch_target/`` whose bytes depend only on names and contents."""
+    """A zip of the runtime ``paths`` (and the ELF layer) whose bytes depend only on names and contents."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in paths:
-            info = zipfile.ZipInfo("%s/%s" % (PACKAGE, os.path.basename(path)), date_time=FIXED_TIME)
+        for name, data in archive_members(paths).items():
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            with open(path, "rb") as fh:
-                zf.writestr(info, fh.read())
+            zf.writestr(info, data)
     return buf.getvalue()
 
 

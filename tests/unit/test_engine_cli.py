@@ -66,3 +66,18 @@ def test_struct_size_option_overrides_environment(tmp_path):
                           capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "bad --struct-size 'NOPE=1'" in proc.stderr
     assert TEST_STRUCT_SIZES["BUG"] == 12
+
+
+def test_bad_command_lines_exit_one_with_the_usage(tmp_path):
+    """Usage errors exit 1 (the documented status for bad usage), never 2 (which means rejected)."""
+    for argv, message in ((["a", "b"], "2 arguments given, 7 expected"),
+                          (["a", "b", "c", "d", "e", "f", "g", "--bogus"], "unknown option --bogus"),
+                          (["a", "b", "c", "d", "e", "f", "g", "--json"], "--json needs a value")):
+        proc = subprocess.run([sys.executable, str(TOOL), *argv], capture_output=True, text=True, check=False)
+        assert proc.returncode == 1 and message in proc.stderr and proc.stderr.startswith("usage: ")
+    case = make_case(tmp_path, SRC, SRC.replace("x + 1", "x + 5"))
+    proc = subprocess.run([sys.executable, str(TOOL), str(case.orig), str(case.patched), "vmlinux", str(case.parent),
+                           str(case.symvers), "test_patch", str(case.out), "--json=" + str(tmp_path / "s.json"),
+                           "--struct-size=BUG=12"], capture_output=True, text=True, env=SIZE_ENV, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["status"] == "changed"

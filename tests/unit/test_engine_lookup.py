@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -15,10 +17,15 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
     parse_readelf_symbols,
     read_symvers,
     symbols_from_model,
+    wanted_by,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_symbols
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf, read_symbols
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import SpecialSectionError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
-from tests.unit.engine_cc import compile_c, link_parent, make_case, run_engine
+from tests.unit.engine_cc import (DEFAULT_EXPORTS, TEST_STRUCT_SIZES, compile_c, decode_klp_relocations, link_parent,
+                                  make_case, run_engine, write_symvers)
 
 DUPLICATE = r"""
 __attribute__((noinline)) static int twice(int x) { return x * 2 + 1; }
@@ -51,17 +58,14 @@ def test_readelf_text_and_elf_give_the_same_symbols(parent_with_duplicates):
 def test_local_sympos_follows_address_order_in_vmlinux(parent_with_duplicates):
     parent, _root = parent_with_duplicates
     symtab = load_parent_symtab(str(parent), "vmlinux")
-    symtab.select_file_block("x.c", ["twice", "drive_x"])
-    found = symtab.find_local("twice")
+    found = symtab.find_local("twice", symtab.select_file_block("x.c", ["twice", "drive_x"]))
     assert found is not None and found.sympos == 2 and found.bind == STB_LOCAL and found.type == STT_FUNC
-    symtab.select_file_block("c.c", ["twice"])
-    assert symtab.find_local("twice").sympos == 3
+    assert symtab.find_local("twice", symtab.select_file_block("c.c", ["twice"])).sympos == 3
 
 
 def test_unique_local_has_sympos_zero(parent_with_duplicates):
     parent, _root = parent_with_duplicates
     symtab = load_parent_symtab(str(parent), "vmlinux")
-    symtab.select_file_block("x.c", ["twice"])
     assert symtab.find_global("drive_x").sympos == 0 and symtab.find_global("drive_x").bind == STB_GLOBAL
 
 
@@ -203,9 +207,77 @@ def test_module_symbol_whose_position_depends_on_init_symbols_is_refused(tmp_pat
                               tmp_path / "parent-init.o")
     with pytest.raises(SymbolLookupError, match="shared_name of my_driver .*init"):
         symtab = load_parent_symtab(str(case.parent), "my_driver")
-        symtab.select_file_block("x.c", ["shared_name", "use_local"])
-        symtab.find_local("shared_name")
+        symtab.find_local("shared_name", symtab.select_file_block("x.c", ["shared_name", "use_local"]))
     # vmlinux keeps its init symbols in kallsyms: counted, no refusal
     symtab = load_parent_symtab(str(case.parent), "vmlinux")
-    symtab.select_file_block("x.c", ["shared_name", "use_local"])
-    assert symtab.find_local("shared_name").sympos == 2
+    assert symtab.find_local("shared_name", symtab.select_file_block("x.c", ["shared_name", "use_local"])).sympos == 2
+
+
+# Two files of one kernel, each with its own static ``helper``: a.c's comes first (sympos 1).
+HELPER = ("__attribute__((noinline)) static int helper(int x) { return x + K; }\n"
+          "int USER(int x) { return helper(x) * 2; }\n")
+
+
+def _helper_source(name: str, k: int) -> str:
+    return HELPER.replace("K;", "%d;" % k).replace("USER", "use_" + name)
+
+
+def _without_file_symbol(obj: Path, name: str) -> Path:
+    stripped = obj.with_name(obj.stem + "-nofile.o")
+    subprocess.run(["objcopy", "--strip-symbol=" + name, str(obj), str(stripped)], check=True)
+    assert "FILE" not in subprocess.run(["readelf", "-s", "--wide", str(stripped)], capture_output=True,
+                                        text=True, check=True).stdout
+    return stripped
+
+
+def _diff(symtab: ParentSymtab, orig: Path, patched: Path, out: Path, symvers: Path) -> List[dict]:
+    create_diff_object(str(orig), str(patched), "vmlinux", symtab, str(symvers), "test_patch", str(out),
+                       TEST_STRUCT_SIZES)
+    return [r for r in decode_klp_relocations(read_elf(str(out))) if r["name"] == "helper"]
+
+
+def test_object_without_file_symbol_does_not_reuse_the_previous_objects_block(tmp_path):
+    """A build shares one parent table across its objects.  The first object (a.c) chooses its
+    block of locals; the second has no STT_FILE symbol, so no block can be chosen for it, and its
+    reference to a local ``helper`` is refused -- before, it silently took a.c's block and would
+    have patched b.c's code to call a.c's helper (sympos 1).  With its STT_FILE symbol the same
+    object resolves b.c's own helper (sympos 2) from the same shared table."""
+    a_orig = compile_c(_helper_source("a", 1), tmp_path / "a0", name="a.c")
+    b_orig = compile_c(_helper_source("b", 2), tmp_path / "b0", name="b.c")
+    symtab = load_parent_symtab(str(link_parent([a_orig, b_orig], tmp_path / "vmlinux.o")), "vmlinux")
+    symvers = write_symvers(tmp_path / "Module.symvers", DEFAULT_EXPORTS)
+    a_patched = compile_c(_helper_source("a", 1).replace("* 2", "* 3"), tmp_path / "a1", name="a.c")
+    b_patched = compile_c(_helper_source("b", 2).replace("* 2", "* 3"), tmp_path / "b1", name="b.c")
+
+    refs = _diff(symtab, a_orig, a_patched, tmp_path / "a.out.o", symvers)
+    assert refs and {r["sympos"] for r in refs} == {1}
+    with pytest.raises(PatchRejected, match="local symbol helper: the object has no STT_FILE symbol"):
+        _diff(symtab, _without_file_symbol(b_orig, "b.c"), _without_file_symbol(b_patched, "b.c"),
+              tmp_path / "b.out.o", symvers)
+    refs = _diff(symtab, b_orig, b_patched, tmp_path / "b.out.o", symvers)
+    assert refs and {r["sympos"] for r in refs} == {2}
+
+
+def test_lookup_and_special_section_errors_are_patch_rejections():
+    assert issubclass(SymbolLookupError, PatchRejected) and issubclass(SpecialSectionError, PatchRejected)
+
+
+def test_table_read_for_one_object_answers_as_the_whole_table(parent_with_duplicates, tmp_path):
+    """The readelf table read only for what x.o can ask (its names, their .N-less bases, its file's
+    block) gives the same answers as the whole table, and refuses a name it was not read for."""
+    parent, root = parent_with_duplicates
+    text = tmp_path / "parent.symtab"
+    text.write_text(subprocess.run(["readelf", "-s", "--wide", str(parent)], capture_output=True, text=True,
+                                   check=True).stdout)
+    obj = read_elf(str(root / "x" / "x.o"))
+    full = load_parent_symtab(str(text), "vmlinux")
+    narrow = load_parent_symtab(str(text), "vmlinux", wanted_by(obj))
+    assert len(narrow.named) < len(full.named)  # drive_a and drive_c were not read
+    for name in wanted_by(obj).names:
+        assert narrow.find_global(name) == full.find_global(name)
+    blocks = (full.select_object_blocks(obj), narrow.select_object_blocks(obj))
+    assert [s.name for s in blocks[0].first.locals] == [s.name for s in blocks[1].first.locals]
+    assert full.find_local("twice", blocks[0].first) == narrow.find_local("twice", blocks[1].first)
+    assert narrow.find_local("twice", blocks[1].first).sympos == 2
+    with pytest.raises(SymbolLookupError, match="drive_a was not among the names announced"):
+        narrow.find_global("drive_a")

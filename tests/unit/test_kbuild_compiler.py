@@ -83,7 +83,7 @@ def test_missing_compiler_is_named(tmp_path):
 def test_not_elf_and_no_comment(tmp_path):
     text = tmp_path / "vmlinux"
     text.write_text("not an elf file at all, but long enough to have a header" * 2)
-    with pytest.raises(KbuildError, match="is not an ELF file"):
+    with pytest.raises(KbuildError, match="vmlinux: not an ELF file"):
         kernel_compiler(text)
     obj = compile_object(tmp_path)
     stripped = tmp_path / "stripped.o"

@@ -12,7 +12,7 @@ import pytest
 from ansible.errors import AnsibleLookupError
 
 from ansible_collections.kpatch.livepatch.plugins.lookup.target_runtime import (
-    SOURCES, archive_bytes, publish, runtime_sources)
+    ELF_LAYER, SOURCES, archive_bytes, publish, runtime_sources)
 
 
 def copy_sources(dest: Path) -> Path:
@@ -26,10 +26,32 @@ def test_archive_holds_every_runtime_file_under_the_package(tmp_path: Path) -> N
     names = sorted(p.name for p in Path(SOURCES).glob("*.py"))
     assert "loader.py" in names
     archive = Path(publish(archive_bytes(runtime_sources()), str(tmp_path)))
+    elf = sorted(Path(p).name for p in ELF_LAYER)
     with zipfile.ZipFile(archive) as zf:
-        assert sorted(zf.namelist()) == sorted(f"kpatch_target/{n}" for n in names)
+        assert sorted(zf.namelist()) == sorted([f"kpatch_target/_target/{n}" for n in names]
+                                               + [f"kpatch_target/_elf/{n}" for n in elf]
+                                               + ["kpatch_target/__init__.py", "kpatch_target/boot.py"])
         for n in names:
-            assert zf.read(f"kpatch_target/{n}") == (Path(SOURCES) / n).read_bytes()
+            assert zf.read(f"kpatch_target/_target/{n}") == (Path(SOURCES) / n).read_bytes()
+        for path in ELF_LAYER:
+            assert zf.read(f"kpatch_target/_elf/{Path(path).name}") == Path(path).read_bytes()
+
+
+def test_archive_carries_every_module_the_runtime_imports(tmp_path: Path) -> None:
+    """Each runtime module imports from the archive alone (-I: no collection on the path), and the
+    ELF layer in it reads a real module's .modinfo: nothing the runtime imports was left out."""
+    archive = publish(archive_bytes(runtime_sources()), str(tmp_path / "cache"))
+    modules = [Path(p).stem for p in runtime_sources() if not p.endswith("__init__.py")]
+    obj = tmp_path / "plain.o"
+    subprocess.run(["gcc", "-c", "-x", "c", "-", "-o", str(obj)], input=b"int x;\n", check=True)
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]);"
+            " [importlib.import_module('kpatch_target._target.' + m) for m in sys.argv[3:]];"
+            " from kpatch_target._target.modinfo import ModinfoError, read_modinfo\n"
+            "try:\n    read_modinfo(sys.argv[2])\nexcept ModinfoError as exc:\n    print(exc)")
+    proc = subprocess.run([sys.executable, "-B", "-I", "-c", code, archive, str(obj), *modules],
+                          capture_output=True, text=True, check=False, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "no .modinfo section" in proc.stdout
 
 
 def test_bytes_depend_only_on_names_and_contents(tmp_path: Path) -> None:

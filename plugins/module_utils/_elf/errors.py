@@ -20,11 +20,3 @@ class ElfFormatError(ElfError, ValueError):
 
 class ElfWriteError(ElfError, ValueError):
     """The in-memory model is inconsistent and cannot be serialised."""
-
-
-class PyelftoolsMissingError(ElfError, ImportError):
-    """pyelftools is not importable (it is needed on the build host only, never on targets).
-
-    Ansible modules catch it (or test ``HAS_PYELFTOOLS``) and report
-    ``missing_required_lib("pyelftools")`` with ``PYELFTOOLS_IMPORT_ERROR``.
-    """

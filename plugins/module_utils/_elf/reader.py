@@ -3,11 +3,11 @@
 # GNU General Public License v2.0+ (see COPYING or https://www.gnu.org/licenses/gpl-2.0.txt)
 """Read an ELF64 little-endian x86-64 file into the model (``model.py``).
 
-Build host only: pyelftools parses the file and section headers (it handles the
-extended-numbering corner cases), while the bulky tables -- symbols, RELA entries,
-group members, SHN_XINDEX words -- are decoded here in one ``struct.iter_unpack``
-sweep each, because per-entry pyelftools objects are far too slow for multi-MB
-kernel objects and the vmlinux symbol table.
+Standard library only: the file header and section table come from the ELF layer
+(``layout.read_section_table``, extended numbering included), and the bulky tables --
+symbols, RELA entries, group members, SHN_XINDEX words -- are decoded in one
+``struct.iter_unpack`` sweep each.  pyelftools is not imported on this path: the
+engine's start-up stays small (``tools/create-diff-object`` runs once per object).
 
 ``read_elf`` loads a whole object (sections with data, symbols, relocations, groups,
 all wired to each other); ``read_symbols`` reads only the section headers and the
@@ -22,16 +22,26 @@ group members get ``grouped`` set.  ``Section.sym`` (bundling) is left to the en
 
 from __future__ import annotations
 
-import io
-import struct
 import sys
-import traceback
 from array import array
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
+from importlib.util import find_spec
+from typing import Dict, List, Optional, Tuple
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import (
-    ElfFormatError,
-    PyelftoolsMissingError,
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
+    EHDR_SIZE,
+    ELFCLASS32,
+    ELFDATA2LSB,
+    RELA,
+    RELA_ENTSIZE,
+    SYM,
+    SYM_ENTSIZE,
+    Read,
+    SectionHeader,
+    bytes_reader,
+    file_reader,
+    identify,
+    read_section_table,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     EM_X86_64,
@@ -53,122 +63,48 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 
-try:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf import enums as _elf_enums
-    from elftools.elf.elffile import ELFFile
+# The reader needs no pyelftools; the build module still checks for it, because the build's
+# DWARF readers (``_kbuild.structsizes``, ``_kbuild.debuginfo``) use it.  Looked up, not imported.
+HAS_PYELFTOOLS = find_spec("elftools") is not None
+PYELFTOOLS_IMPORT_ERROR = None if HAS_PYELFTOOLS else "ModuleNotFoundError: No module named 'elftools'"
 
-    HAS_PYELFTOOLS = True
-    PYELFTOOLS_IMPORT_ERROR = None  # type: Optional[str]
-except ImportError:
-    HAS_PYELFTOOLS = False
-    PYELFTOOLS_IMPORT_ERROR = traceback.format_exc()
-
-ELF_MAGIC = b"\x7fELF"
-EHDR_SIZE = 64
-SHDR_SIZE = 64
-SYM_ENTSIZE = 24
-RELA_ENTSIZE = 24
-
-_SYM = struct.Struct("<IBBHQQ")  # st_name st_info st_other st_shndx st_value st_size
-_RELA = struct.Struct("<QQq")  # r_offset r_info r_addend
-_SHDR = struct.Struct("<IIQQQQIIQQ")  # name type flags addr offset size link info addralign entsize
 _MACHINE_NAMES = {3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/390",
                   40: "ARM", 183: "AArch64", 243: "RISC-V", 258: "LoongArch"}
 
 
-def require_pyelftools() -> None:
-    """Raise ``PyelftoolsMissingError`` (an ImportError) when pyelftools is absent."""
-    if not HAS_PYELFTOOLS:
-        detail = (PYELFTOOLS_IMPORT_ERROR or "").strip().splitlines()
-        raise PyelftoolsMissingError(
-            "the ELF reader needs the Python library pyelftools on the build host "
-            "(pip install pyelftools): %s" % (detail[-1] if detail else "not importable"))
-
-
 def check_ident(head: bytes, where: str) -> None:
     """Reject anything but an ELF64 little-endian x86-64 file, naming file and reason."""
-    if len(head) < 4 or head[:4] != ELF_MAGIC:
-        raise ElfFormatError("%s: not an ELF file (starts with %r)" % (where, bytes(head[:4])))
-    if len(head) < EHDR_SIZE:
-        raise ElfFormatError("%s: truncated ELF header (%d of %d bytes)" % (where, len(head), EHDR_SIZE))
-    if head[4] == 1:
+    header = identify(head[:EHDR_SIZE], where)  # not ELF, truncated, unknown class or encoding
+    if header.elf_class == ELFCLASS32:
         raise ElfFormatError("%s: 32-bit ELF (ELFCLASS32); only ELF64 is supported" % where)
-    if head[4] != 2:
-        raise ElfFormatError("%s: invalid ELF class %d; only ELF64 is supported" % (where, head[4]))
-    if head[5] != 1:
-        raise ElfFormatError("%s: big-endian or invalid data encoding %d; only little-endian "
-                             "(ELFDATA2LSB) is supported" % (where, head[5]))
-    machine = struct.unpack_from("<H", head, 18)[0]
-    if machine != EM_X86_64:
-        name = _MACHINE_NAMES.get(machine, "unknown")
+    if header.byte_order != ELFDATA2LSB:
+        raise ElfFormatError("%s: big-endian data encoding (ELFDATA2MSB); only little-endian "
+                             "(ELFDATA2LSB) is supported" % where)
+    if header.e_machine != EM_X86_64:
+        name = _MACHINE_NAMES.get(header.e_machine, "unknown")
         raise ElfFormatError("%s: machine %s (e_machine=%d) is not x86-64 (EM_X86_64=%d)"
-                             % (where, name, machine, EM_X86_64))
-    shentsize = struct.unpack_from("<H", head, 58)[0]
-    shoff = struct.unpack_from("<Q", head, 40)[0]
-    if shoff and shentsize != SHDR_SIZE:
-        raise ElfFormatError("%s: section header entry size %d, expected %d" % (where, shentsize, SHDR_SIZE))
+                             % (where, name, header.e_machine, EM_X86_64))
 
 
-def _open_elffile(stream: BinaryIO, where: str) -> "ELFFile":
-    require_pyelftools()
-    try:
-        return ELFFile(stream)
-    except (ELFError, struct.error, ValueError) as exc:
-        raise ElfFormatError("%s: malformed ELF header: %s" % (where, exc))
-
-
-def _header_table(elf: "ELFFile", where: str, read: Callable[[int, int, str], bytes]) -> List[tuple]:
-    """All section header tuples, decoded in one sweep (pyelftools gives count and offset).
-
-    ``num_sections`` already resolves extended numbering (e_shnum 0 → section 0's sh_size).
-    """
-    try:
-        count = elf.num_sections()
-        shoff = elf.header["e_shoff"]
-    except (ELFError, struct.error, ValueError) as exc:
-        raise ElfFormatError("%s: malformed section header table: %s" % (where, exc))
-    if count == 0:
-        return []
-    return list(_SHDR.iter_unpack(read(shoff, count * SHDR_SIZE, "section header table")))
-
-
-def _shstrndx(elf: "ELFFile", where: str, count: int) -> int:
-    try:
-        index = elf.get_shstrndx()  # resolves SHN_XINDEX through section 0's sh_link
-    except (ELFError, struct.error, ValueError) as exc:
-        raise ElfFormatError("%s: malformed section header string table index: %s" % (where, exc))
-    if not 0 < index < count:
-        raise ElfFormatError("%s: section header string table index %d of %d sections" % (where, index, count))
-    return index
-
-
-def _section_table(elf: "ELFFile", where: str, read: Callable[[int, int, str], bytes],
-                   with_data: bool) -> Tuple[List[Optional[Section]], List[tuple]]:
-    """Section objects by ELF index (``[0]`` is None) and the raw header tuples.
+def _section_table(head: bytes, where: str, read: Read,
+                   with_data: bool) -> Tuple[List[Optional[Section]], List[SectionHeader]]:
+    """Section objects by ELF index (``[0]`` is None) and the raw headers.
 
     ``with_data`` False reads headers only (``data`` stays empty).
     """
-    headers = _header_table(elf, where, read)
+    layout = read_section_table(head, read, where)
+    headers = layout.headers
     table: List[Optional[Section]] = [None]
-    if not headers:
-        return table, headers
     count = len(headers)
-    str_hdr = headers[_shstrndx(elf, where, count)]
-    names = read(str_hdr[4], str_hdr[5], "section header string table")
     for index in range(1, count):
-        sh_name, sh_type, flags, addr, offset, size, _link, info, align, entsize = headers[index]
-        end = names.find(b"\0", sh_name)
-        if end < 0:
-            raise ElfFormatError("%s: section %d name offset %d is outside the section name table"
-                                 % (where, index, sh_name))
-        sec = Section(name=names[sh_name:end].decode("utf-8", "surrogateescape"), sh_type=sh_type, flags=flags,
+        _name, sh_type, flags, addr, offset, size, _link, info, align, entsize = headers[index]
+        sec = Section(name=layout.names[index], sh_type=sh_type, flags=flags,
                       addr=addr, size=size, addralign=align, entsize=entsize, info_raw=info, index=index)
         if with_data and sh_type != SHT_NOBITS:
             sec.data = read(offset, size, "section %s [%d]" % (sec.name, index))
         table.append(sec)
     for index in range(1, count):
-        link = headers[index][6]
+        link = headers[index].link
         if link:
             if link >= count:
                 raise ElfFormatError("%s: section %s links to section %d of %d"
@@ -214,7 +150,7 @@ def _decode_symbols(symdata: bytes, strtab: bytes, xindex: Optional[array],
     append = symbols.append
     find = strtab.find
     current_file: Optional[Symbol] = None
-    for index, (st_name, info, other, shndx, value, size) in enumerate(_SYM.iter_unpack(symdata)):
+    for index, (st_name, info, other, shndx, value, size) in enumerate(SYM.iter_unpack(symdata)):
         sec = None
         if shndx == SHN_XINDEX:
             if xindex is None or index >= len(xindex):
@@ -269,9 +205,9 @@ def _decode_relocations(sec: Section, symtab: Optional[Section], symbols: List[S
         base.rela = sec
     try:
         sec.relocations = [Relocation(offset, info & 0xFFFFFFFF, symbols[info >> 32], addend)
-                           for offset, info, addend in _RELA.iter_unpack(sec.data)]
+                           for offset, info, addend in RELA.iter_unpack(sec.data)]
     except IndexError:
-        bad = max(info >> 32 for _o, info, _a in _RELA.iter_unpack(sec.data))
+        bad = max(info >> 32 for _o, info, _a in RELA.iter_unpack(sec.data))
         raise ElfFormatError("%s: relocation section %s refers to symbol %d of %d"
                              % (where, sec.name, bad, len(symbols)))
 
@@ -298,31 +234,11 @@ def _decode_group(sec: Section, symtab: Optional[Section], symbols: List[Symbol]
     sec.signature = symbols[sec.info_raw]
 
 
-def _bytes_reader(data: bytes, where: str) -> Callable[[int, int, str], bytes]:
-    def read(offset: int, size: int, what: str) -> bytes:
-        if offset + size > len(data):
-            raise ElfFormatError("%s: %s (offset %#x, size %#x) extends past the end of the file (%#x bytes)"
-                                 % (where, what, offset, size, len(data)))
-        return data[offset:offset + size]
-    return read
-
-
-def _file_reader(fh: BinaryIO, where: str) -> Callable[[int, int, str], bytes]:
-    def read(offset: int, size: int, what: str) -> bytes:
-        fh.seek(offset)
-        chunk = fh.read(size)
-        if len(chunk) != size:
-            raise ElfFormatError("%s: %s (offset %#x, size %#x) extends past the end of the file"
-                                 % (where, what, offset, size))
-        return chunk
-    return read
-
-
 def read_elf_bytes(data: bytes, where: str = "<bytes>") -> ElfObject:
     """Parse a whole ELF64 x86-64 file held in memory; ``where`` names it in errors."""
-    check_ident(data[:EHDR_SIZE], where)
-    elf = _open_elffile(io.BytesIO(data), where)
-    table, _headers = _section_table(elf, where, _bytes_reader(data, where), True)
+    head = data[:EHDR_SIZE]
+    check_ident(head, where)
+    table, _headers = _section_table(head, where, bytes_reader(data, where), True)
     symtab = _find_symtab(table, where)
     symbols = [Symbol("")]
     if symtab is not None:
@@ -337,16 +253,9 @@ def read_elf_bytes(data: bytes, where: str = "<bytes>") -> ElfObject:
             raise ElfFormatError("%s: SHT_REL section %s is not supported on x86-64 (RELA only)" % (where, sec.name))
         elif sec.sh_type == SHT_GROUP:
             _decode_group(sec, symtab, symbols, table, where)
-    hdr = elf.header
-    return ElfObject(path=where, ei_osabi=data[7], ei_abiversion=data[8], e_type=_e_type_number(hdr["e_type"]),
-                     e_machine=EM_X86_64, e_flags=hdr["e_flags"], sections=table[1:], symbols=symbols)
-
-
-def _e_type_number(value: Any) -> int:
-    """pyelftools maps e_type to a name; turn it back into the number."""
-    if isinstance(value, int):
-        return value
-    return _elf_enums.ENUM_E_TYPE[value]
+    hdr = identify(head, where)
+    return ElfObject(path=where, ei_osabi=hdr.osabi, ei_abiversion=hdr.abiversion, e_type=hdr.e_type,
+                     e_machine=EM_X86_64, e_flags=hdr.e_flags, sections=table[1:], symbols=symbols)
 
 
 def read_elf(path: str) -> ElfObject:
@@ -373,16 +282,16 @@ def read_symbols(path: str) -> List[Symbol]:
     except OSError as exc:
         raise ElfFormatError("%s: cannot read: %s" % (path, exc.strerror or exc))
     with fh:
-        check_ident(fh.read(EHDR_SIZE), path)
-        elf = _open_elffile(fh, path)
-        read = _file_reader(fh, path)
-        table, headers = _section_table(elf, path, read, False)
+        head = fh.read(EHDR_SIZE)
+        check_ident(head, path)
+        read = file_reader(fh, path)
+        table, headers = _section_table(head, path, read, False)
         symtab = _find_symtab(table, path)
         if symtab is None:
             raise ElfFormatError("%s: no symbol table (.symtab); was it stripped?" % path)
 
         def contents(sec: Section, what: str) -> bytes:
-            return read(headers[sec.index][4], headers[sec.index][5], what)
+            return read(headers[sec.index].offset, headers[sec.index].size, what)
 
         symdata = contents(symtab, "symbol table")
         strtab = contents(symtab.link, "symbol string table") if symtab.link is not None else b""

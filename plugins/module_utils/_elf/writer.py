@@ -21,11 +21,24 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfWriteError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
+    EHDR,
+    EHDR_SIZE,
+    ELF_MAGIC,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    GROUP_WORD,
+    RELA,
+    RELA_ENTSIZE,
+    SHDR,
+    SHDR_SIZE,
+    SYM,
+    SYM_ENTSIZE,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     EM_X86_64,
     ET_REL,
@@ -49,14 +62,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_SYM = struct.Struct("<IBBHQQ")
-_RELA = struct.Struct("<QQq")
-EHDR_SIZE = 64
-SHDR_SIZE = 64
-SYM_ENTSIZE = 24
-RELA_ENTSIZE = 24
 # Indices a symbol without a section may carry (elf.h special section indices).
 _SPECIAL_SHNDX = (SHN_UNDEF, SHN_ABS, SHN_COMMON, SHN_LIVEPATCH)
 
@@ -183,7 +188,7 @@ def _symtab_contents(obj: ElfObject, plan: _Plan, present: Dict[int, Section]) -
     strings = StringTable()
     out: List[bytes] = []
     xwords: List[int] = []
-    pack = _SYM.pack
+    pack = SYM.pack
     for sym in plan.symbols:
         xword = 0
         if sym.section is not None:
@@ -211,7 +216,7 @@ def _symtab_contents(obj: ElfObject, plan: _Plan, present: Dict[int, Section]) -
 def _rela_contents(obj: ElfObject, sec: Section, plan: _Plan, present: Dict[int, Section],
                    symbols: Dict[int, Symbol]) -> None:
     base = _check_member(obj, sec.base, present, "relocation section %r (its base)" % sec.name)
-    pack = _RELA.pack
+    pack = RELA.pack
     what = "a relocation in %r" % sec.name
     try:
         raw = [pack(r.offset, (symbols[id(r.sym)].index << 32) | r.type, r.addend) for r in sec.relocations]
@@ -272,8 +277,8 @@ def _fill_contents(obj: ElfObject, plan: _Plan) -> None:
 
 
 # sh_entsize/sh_addralign the writer imposes on the sections it regenerates.
-_FIXED_GEOMETRY = {SHT_SYMTAB: (SYM_ENTSIZE, 8), SHT_RELA: (RELA_ENTSIZE, 8), SHT_GROUP: (4, 4),
-                   SHT_SYMTAB_SHNDX: (4, 4), SHT_STRTAB: (0, 1)}
+_FIXED_GEOMETRY = {SHT_SYMTAB: (SYM_ENTSIZE, 8), SHT_RELA: (RELA_ENTSIZE, 8), SHT_GROUP: (GROUP_WORD, GROUP_WORD),
+                   SHT_SYMTAB_SHNDX: (GROUP_WORD, GROUP_WORD), SHT_STRTAB: (0, 1)}
 
 
 def _geometry(sec: Section, regenerated: bool) -> tuple:
@@ -309,36 +314,38 @@ def serialise(obj: ElfObject) -> bytes:
         body.extend(data)
         size = sec.size if sec.sh_type == SHT_NOBITS else len(data)
         flags = sec.flags if id(sec) not in regenerated else 0
-        headers.append(_SHDR.pack(plan.names[id(sec)], sec.sh_type, flags, sec.addr, offset, size,
-                                  plan.links.get(id(sec), 0), plan.infos.get(id(sec), 0), align, entsize))
+        headers.append(SHDR.pack(plan.names[id(sec)], sec.sh_type, flags, sec.addr, offset, size,
+                                 plan.links.get(id(sec), 0), plan.infos.get(id(sec), 0), align, entsize))
     count = len(headers)
     shstrndx = plan.shstrtab.index
     if count >= SHN_LORESERVE or shstrndx >= SHN_LORESERVE:
         # Extended numbering: the real values live in section 0's sh_size / sh_link.
-        headers[0] = _SHDR.pack(0, 0, 0, 0, 0, count if count >= SHN_LORESERVE else 0,
-                                shstrndx if shstrndx >= SHN_LORESERVE else 0, 0, 0, 0)
+        headers[0] = SHDR.pack(0, 0, 0, 0, 0, count if count >= SHN_LORESERVE else 0,
+                               shstrndx if shstrndx >= SHN_LORESERVE else 0, 0, 0, 0)
     shoff = _align(len(body), 8)
     body.extend(bytes(shoff - len(body)))
     body.extend(b"".join(headers))
-    ident = b"\x7fELF" + bytes([2, 1, 1, obj.ei_osabi, obj.ei_abiversion]) + bytes(7)
-    _EHDR.pack_into(body, 0, ident, ET_REL, EM_X86_64, 1, 0, 0, shoff, obj.e_flags, EHDR_SIZE, 0, 0,
-                    SHDR_SIZE, count if count < SHN_LORESERVE else 0,
-                    shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX)
+    ident = ELF_MAGIC + bytes([ELFCLASS64, ELFDATA2LSB, 1, obj.ei_osabi, obj.ei_abiversion]) + bytes(7)
+    EHDR.pack_into(body, 0, ident, ET_REL, EM_X86_64, 1, 0, 0, shoff, obj.e_flags, EHDR_SIZE, 0, 0,
+                   SHDR_SIZE, count if count < SHN_LORESERVE else 0,
+                   shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX)
     return bytes(body)
 
 
 def write_elf(obj: ElfObject, path: str) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file in the same directory, then rename)."""
+    """Write ``obj`` to ``path`` atomically (temporary file in the same directory, then rename):
+    readers see the old file or the whole new one, never a part."""
     path = str(path)
     data = serialise(obj)
     directory = os.path.dirname(os.path.abspath(path))
     mode = _target_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path), suffix=".tmp")
+    fd, tmp = _create_temporary(directory, os.path.basename(path))
     try:
+        # No fsync: the rename makes the file appear whole or not at all to concurrent readers, which
+        # is what an engine output needs (the build links it at once); forcing it to disk cost more
+        # than the whole diff of a small object.
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -347,6 +354,21 @@ def write_elf(obj: ElfObject, path: str) -> None:
         except OSError:
             pass
         raise
+
+
+def _create_temporary(directory: str, base: str) -> tuple:
+    """(fd, path) of a new private file beside the output (O_EXCL: never someone else's file).
+
+    Not ``tempfile``: its import (random, shutil and the compressors) costs the engine's start-up
+    more than this whole function, and the engine starts once per object.
+    """
+    for attempt in range(100):
+        tmp = os.path.join(directory, ".%s.%d.%d.tmp" % (base, os.getpid(), attempt))
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue  # a leftover of an earlier process with the same pid
+    raise ElfWriteError("%s: cannot create a temporary file beside it in %s" % (base, directory))
 
 
 def _target_mode(path: str) -> int:

@@ -28,15 +28,16 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
     verify as verify_pass,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
-    SymbolLookupError,
+    ObjectBlocks,
     ParentSymtab,
     Resolver,
+    Wanted,
     load_parent_symtab,
     object_file_name,
     read_symvers,
+    wanted_by,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import SpecialSectionError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
 __all__ = ["DiffResult", "PatchRejected", "create_diff_object"]
@@ -92,10 +93,10 @@ def _load(obj: Union[str, ElfObject]) -> ElfObject:
     return read_elf(str(obj))
 
 
-def _parent_symtab(parent_symtab: Union[str, ParentSymtab], parent_name: str) -> ParentSymtab:
+def _parent_symtab(parent_symtab: Union[str, ParentSymtab], parent_name: str, wanted: Wanted) -> ParentSymtab:
     if isinstance(parent_symtab, ParentSymtab):
         return parent_symtab
-    return load_parent_symtab(str(parent_symtab), parent_name)
+    return load_parent_symtab(str(parent_symtab), parent_name, wanted)
 
 
 def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObject], parent_name: str,
@@ -144,22 +145,16 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
     if not changed and not any(s.type == STT_FUNC for s in new_globals) and not result.new_functions:
         return result
     with timer("special"):
-        try:
-            special = special_pass.regenerate_special_sections(new, sizes, inc)
-        except SpecialSectionError as exc:
-            raise PatchRejected(str(exc))
+        special = special_pass.regenerate_special_sections(new, sizes, inc)
         include_pass.include_groups(new)
         result.special_kept = {k: v for k, v in special.kept.items() if v}
         verify_pass.check_relocation_ranges(new.sections)
         verify_pass.check_no_existing_data_copied(new)
     with timer("lookup"):
-        try:
-            symtab = _parent_symtab(parent_symtab, parent_name)
-            if object_file_name(new) is not None:
-                symtab.select_object_blocks(old)
-            resolver = Resolver(symtab, read_symvers(symvers))
-        except SymbolLookupError as exc:
-            raise PatchRejected(str(exc))
+        symtab = _parent_symtab(parent_symtab, parent_name, wanted_by(old, new))
+        # This object's blocks travel in its resolver: the table may be shared with other objects.
+        blocks = symtab.select_object_blocks(old) if object_file_name(new) is not None else ObjectBlocks()
+        resolver = Resolver(symtab, read_symvers(symvers), blocks)
     with timer("output"):
         built = build_output(new, changed, resolver)
         verify_pass.check_keys(special.keys, built.klp_objects)

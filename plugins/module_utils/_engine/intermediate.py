@@ -91,6 +91,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import RELA_ENTSIZE
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_64,
     SHF_ALLOC,
@@ -190,7 +191,7 @@ def _new_section(obj: ElfObject, name: str, flags: int, align: int, entsize: int
 def _attach_rela(obj: ElfObject, base: Section, relocs: List[Relocation]) -> None:
     symtab = obj.find_section(".symtab")
     rela = Section(name=".rela" + base.name, sh_type=SHT_RELA, flags=SHF_INFO_LINK,
-                   addralign=8, entsize=24, link=symtab, base=base, relocations=relocs)
+                   addralign=8, entsize=RELA_ENTSIZE, link=symtab, base=base, relocations=relocs)
     rela.include = True
     base.rela = rela
     obj.sections.append(rela)

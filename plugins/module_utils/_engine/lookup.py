@@ -25,10 +25,11 @@ resolved).  Everything else needs a livepatch relocation.
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import ELF_MAGIC
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHN_UNDEF,
     STB_GLOBAL,
@@ -51,8 +52,8 @@ _READELF_LINE = re.compile(r"^\s*(\d+):\s+([0-9a-fA-F]+)\s+(\d+|0x[0-9a-fA-F]+)\
 _NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
 
 
-class SymbolLookupError(ValueError):
-    """A symbol cannot be located in the parent object; the message names it."""
+class SymbolLookupError(PatchRejected, ValueError):
+    """A symbol cannot be located in the parent object (the patch is refused); the message names it."""
 
 
 @dataclass
@@ -94,6 +95,21 @@ class FileBlock:
 
 
 @dataclass
+class ObjectBlocks:
+    """The parent's file blocks chosen for one object: one per source file (several after
+    ``ld -r``).  Returned by :meth:`ParentSymtab.select_object_blocks` and handed to that object's
+    :class:`Resolver`; the table itself keeps no per-object state, so one table serves every
+    object of a build and an object without STT_FILE symbols has no block (its locals are refused)."""
+
+    first: Optional[FileBlock] = None  # the object's first file's: the default
+    by_file: Dict[str, FileBlock] = field(default_factory=dict)
+
+    def of(self, filename: Optional[str] = None) -> Optional[FileBlock]:
+        """The block of source file ``filename`` (no or an unknown name: the first file's)."""
+        return self.by_file.get(filename, self.first) if filename else self.first
+
+
+@dataclass
 class Resolution:
     """Where a reference goes: ``objname``/``sympos`` of the parent's symbol."""
 
@@ -107,16 +123,79 @@ class Resolution:
     external: bool = False
 
 
-def parse_readelf_symbols(text: str) -> List[ParentSymbol]:
-    """ParentSymbols from ``readelf -s --wide`` output (the ``.symtab`` table only)."""
-    out: List[ParentSymbol] = []
-    in_symtab = False
-    for line in text.splitlines():
+@dataclass(frozen=True)
+class Wanted:
+    """What the engine will ask of the parent's table for one object: the names of its symbols
+    (``running_name`` is always one of them: a twin is a symbol of the original object) and of
+    its source files.  A table read for a ``Wanted`` holds every row of those names, every
+    STT_FILE row and the whole block of each of those files -- all any lookup reads."""
+
+    names: FrozenSet[str]
+    files: FrozenSet[str]
+    # the names without gcc's ``.N`` suffixes: find_local also matches ``lock.63240`` for ``lock.63243``,
+    # and that symbol's sympos counts every row of its exact name
+    bases: FrozenSet[str] = frozenset()
+
+    def covers(self, name: str) -> bool:
+        """Whether a table read for this holds every row named ``name``."""
+        return name in self.names or base_name(name) in self.bases
+
+
+def base_name(name: str) -> str:
+    """``name`` without gcc's numeric suffixes (``lock.63243`` -> ``lock``)."""
+    return _NUMBER_SUFFIX.sub("", name) if "." in name else name
+
+
+def wanted_by(*objects: ElfObject) -> Wanted:
+    """The names and source files of ``objects`` (the original and the patched build)."""
+    names = {sym.name for obj in objects for sym in obj.symbols[1:]}
+    files = {sym.name for obj in objects for sym in obj.symbols[1:] if sym.type == STT_FILE}
+    return Wanted(frozenset(names), frozenset(files), frozenset(base_name(n) for n in names))
+
+
+def _symtab_rows(lines: Iterable[str], wanted: Optional[Wanted]) -> List[str]:
+    """The lines of the ``.symtab`` table (readelf may print ``.dynsym`` too); with ``wanted``, only
+    those a table read for it needs, told apart without parsing (one loop: vmlinux has 120,000).
+
+    A row's name is its last field (readelf prints it as one token); its type and binding
+    columns are padded with spaces, so `` FILE `` / `` LOCAL `` find them.  Until the first
+    STT_FILE row everything is kept: a module without file symbols is one block.
+    """
+    rows: List[str] = []
+    keep = rows.append
+    in_symtab = seen_file = in_wanted_file = False
+    names, files, bases = (wanted.names, wanted.files, wanted.bases) if wanted is not None else ((), (), ())
+    for line in lines:
         if line.startswith("Symbol table"):
             in_symtab = "'.symtab'" in line
             continue
         if not in_symtab:
             continue
+        if wanted is not None:
+            # the common case first: a row of another name, in another file's block
+            name = line[line.rfind(" ") + 1:].rstrip("\n")
+            if "@" in name:
+                name = name.split("@", 1)[0]
+            if name not in names and seen_file and not (in_wanted_file and " LOCAL " in line):
+                if " FILE " in line:
+                    in_wanted_file = name in files
+                elif "." not in name or base_name(name) not in bases:
+                    continue
+            elif " FILE " in line:
+                seen_file, in_wanted_file = True, name in files
+        keep(line)
+    return rows
+
+
+def parse_readelf_symbols(text: Union[str, Iterable[str]], wanted: Optional[Wanted] = None) -> List[ParentSymbol]:
+    """ParentSymbols from ``readelf -s --wide`` output (the ``.symtab`` table only): the whole text
+    or its lines (an open file streams: vmlinux's table is 10 MB of text).
+
+    With ``wanted``, only the rows it needs (see :class:`Wanted`): vmlinux has 120,000 rows, and
+    an object asks about a few dozen names, so parsing every row would dominate the engine's time.
+    """
+    out: List[ParentSymbol] = []
+    for line in _symtab_rows(text.splitlines() if isinstance(text, str) else text, wanted):
         match = _READELF_LINE.match(line)
         if not match:
             continue
@@ -127,13 +206,6 @@ def parse_readelf_symbols(text: str) -> List[ParentSymbol]:
         out.append(ParentSymbol(name, int(value, 16), int(size, 0), _BINDS.get(bind, STB_LOCAL),
                                 _TYPES.get(typ, STT_NOTYPE), ndx != "UND", int(num)))
     return out
-
-
-def read_readelf_symbols(path: str) -> List[ParentSymbol]:
-    proc = subprocess.run(["readelf", "-s", "--wide", path], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SymbolLookupError("readelf -s %s failed: %s" % (path, proc.stderr.strip()))
-    return parse_readelf_symbols(proc.stdout)
 
 
 def symbols_from_model(symbols: Iterable[Symbol]) -> List[ParentSymbol]:
@@ -164,10 +236,15 @@ def read_symvers(path: Optional[str]) -> Dict[str, ExportInfo]:
 
 
 class ParentSymtab:
-    """The parent's symbol table, indexed once for all lookups."""
+    """The parent's symbol table, indexed once for all lookups.
 
-    def __init__(self, symbols: List[ParentSymbol], objname: str) -> None:
+    ``wanted`` set: the table holds only the rows one object needs (:func:`load_parent_symtab`),
+    and a question about any other name is refused rather than answered from a partial table.
+    """
+
+    def __init__(self, symbols: List[ParentSymbol], objname: str, wanted: Optional[Wanted] = None) -> None:
         self.objname = objname
+        self.wanted = wanted
         self.is_vmlinux = objname == "vmlinux"
         self.globals: Dict[str, ParentSymbol] = {}
         self.locals_by_name: Dict[str, List[ParentSymbol]] = {}
@@ -191,16 +268,16 @@ class ParentSymtab:
                     current.locals.append(sym)
             elif sym.defined:
                 self.globals.setdefault(sym.name, sym)
-        self._block: Optional[FileBlock] = None
-        self._blocks_by_file: Dict[str, FileBlock] = {}
 
-    def select_object_blocks(self, obj: ElfObject) -> None:
-        """Select the block of every source file of ``obj`` (several after ``ld -r``), by its locals."""
-        self._blocks_by_file = {}
-        files = [s for s in obj.symbols[1:] if s.type == STT_FILE]
-        for file_sym in reversed(files):  # the first file's block stays the default
-            self._blocks_by_file[file_sym.name] = self.select_file_block(file_sym.name,
-                                                                         object_local_names(obj, file_sym))
+    def select_object_blocks(self, obj: ElfObject) -> ObjectBlocks:
+        """The block of every source file of ``obj`` (several after ``ld -r``), chosen by its locals."""
+        blocks = ObjectBlocks()
+        for file_sym in [s for s in obj.symbols[1:] if s.type == STT_FILE]:
+            block = self.select_file_block(file_sym.name, object_local_names(obj, file_sym))
+            blocks.by_file.setdefault(file_sym.name, block)
+            if blocks.first is None:
+                blocks.first = block
+        return blocks
 
     def select_file_block(self, filename: str, local_names: Iterable[str]) -> FileBlock:
         """The block of ``filename`` holding the object's locals (best match, must be unique)."""
@@ -210,7 +287,6 @@ class ParentSymtab:
             # block, and find_local's one-match rule refuses names it cannot tell apart.
             whole = FileBlock(filename)
             whole.locals = [s for same in self.locals_by_name.values() for s in same]
-            self._block = whole
             return whole
         if not candidates:
             raise SymbolLookupError("source file %s has no STT_FILE symbol in the %s symbol table"
@@ -222,11 +298,16 @@ class ParentSymtab:
         if len(scored) > 1 and scored[1][0] == best[0] and wanted:
             raise SymbolLookupError("cannot tell which of %d '%s' files in %s the object is: their locals "
                                     "match equally well" % (len(candidates), filename, self.objname))
-        self._block = best[2]
         return best[2]
+
+    def _check_covered(self, name: str) -> None:
+        if self.wanted is not None and not self.wanted.covers(name):
+            raise SymbolLookupError("internal error: %s was not among the names announced to the %s symbol "
+                                    "table read for this object" % (name, self.objname))
 
     def _kallsyms_rank(self, sym: ParentSymbol) -> int:
         """``sympos`` of ``sym``: the kernel walks kallsyms counting every symbol of the name."""
+        self._check_covered(sym.name)
         same = self.named.get(sym.name, [sym])
         if self.is_vmlinux:
             return _rank(sorted(same, key=lambda s: (s.value, s.index)), sym)
@@ -239,15 +320,11 @@ class ParentSymtab:
                                     "livepatch cannot find it reliably" % (sym.name, self.objname))
         return rank
 
-    def block_of(self, filename: Optional[str] = None) -> Optional[FileBlock]:
-        """The selected block of source file ``filename`` (default: the object's first file)."""
-        return self._blocks_by_file.get(filename, self._block) if filename else self._block
-
-    def find_local(self, name: str, filename: Optional[str] = None) -> Optional[Resolution]:
-        """A local of the selected file block: exact name, else a unique match ignoring ``.N``."""
-        block = self.block_of(filename)
+    def find_local(self, name: str, block: Optional[FileBlock]) -> Optional[Resolution]:
+        """A local of file block ``block``: exact name, else a unique match ignoring ``.N``."""
         if block is None:
-            raise SymbolLookupError("no file block selected in the %s symbol table" % self.objname)
+            raise SymbolLookupError("local symbol %s: the object has no STT_FILE symbol, so no block of locals "
+                                    "of the %s symbol table can be chosen for it" % (name, self.objname))
         exact = [s for s in block.locals if s.name == name]
         if not exact:
             base = _NUMBER_SUFFIX.sub("", name)
@@ -259,6 +336,7 @@ class ParentSymtab:
                           sym.value, sym.size)
 
     def find_global(self, name: str) -> Optional[Resolution]:
+        self._check_covered(name)
         sym = self.globals.get(name)
         if sym is None:
             return None
@@ -273,15 +351,19 @@ def _rank(order: List[ParentSymbol], sym: ParentSymbol) -> int:
     return 1 + next(i for i, s in enumerate(order) if s is sym)
 
 
-def load_parent_symtab(path: str, objname: str) -> ParentSymtab:
-    """Read the parent's table from an ELF file, or from readelf text when ``path`` is not ELF."""
+def load_parent_symtab(path: str, objname: str, wanted: Optional[Wanted] = None) -> ParentSymtab:
+    """Read the parent's table from an ELF file, or from readelf text when ``path`` is not ELF.
+
+    ``wanted`` narrows a readelf text table to what one object's lookups need; the table then
+    refuses questions outside it (an ELF parent is read whole: it is cached by the build).
+    """
     with open(path, "rb") as fh:
         magic = fh.read(4)
-    if magic == b"\x7fELF":
+    if magic == ELF_MAGIC:
         from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_symbols
         return ParentSymtab(symbols_from_model(read_symbols(path)), objname)
     with open(path, encoding="utf-8", errors="replace") as fh:
-        return ParentSymtab(parse_readelf_symbols(fh.read()), objname)
+        return ParentSymtab(parse_readelf_symbols(fh, wanted), objname, wanted)
 
 
 def object_file_name(obj: ElfObject) -> Optional[str]:
@@ -318,6 +400,11 @@ class Resolver:
 
     symtab: ParentSymtab
     exports: Dict[str, ExportInfo]
+    blocks: ObjectBlocks = field(default_factory=ObjectBlocks)  # this object's, never another's
+
+    def find_local(self, name: str, filename: Optional[str] = None) -> Optional[Resolution]:
+        """A local of this object's block of source file ``filename``."""
+        return self.symtab.find_local(name, self.blocks.of(filename))
 
     def exported_by_vmlinux(self, name: str) -> bool:
         info = self.exports.get(name)
@@ -326,9 +413,9 @@ class Resolver:
     def resolve(self, sym: Symbol) -> Tuple[bool, Optional[Resolution]]:
         """(needs a klp relocation, where).  ``where`` None + False: a normal reference."""
         if sym.is_local:
-            found = self.symtab.find_local(running_name(sym), source_file(sym))
+            found = self.find_local(running_name(sym), source_file(sym))
             if found is None:
-                block = self.symtab.block_of(source_file(sym))
+                block = self.blocks.of(source_file(sym))
                 raise SymbolLookupError("local symbol %s not found in the %s block of %s's symbol table"
                                         % (running_name(sym), block.name if block else "?", self.symtab.objname))
             return True, found

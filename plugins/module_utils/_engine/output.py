@@ -95,7 +95,7 @@ def _resolve_changed_functions(changed: List[Symbol], resolver: Resolver) -> Lis
     funcs = []
     for sym in changed:
         name = running_name(sym)
-        found = resolver.symtab.find_local(name, source_file(sym)) if sym.is_local else \
+        found = resolver.find_local(name, source_file(sym)) if sym.is_local else \
             resolver.symtab.find_global(name)
         if found is None:
             raise PatchRejected("changed function %s is not in the %s symbol table (inlined or renamed in the "

@@ -38,6 +38,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
     Symbol,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.include import Includer
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import (
     Stride,
@@ -82,8 +83,8 @@ SPECIAL_SECTIONS: Dict[str, object] = {
 KEYED_SECTIONS = (".static_call_sites", "__jump_table")
 
 
-class SpecialSectionError(ValueError):
-    """A special section cannot be regenerated (unknown entry size, torn entry ...)."""
+class SpecialSectionError(PatchRejected, ValueError):
+    """A special section cannot be regenerated (unknown entry size, torn entry ...): the patch is refused."""
 
 
 def struct_sizes_from_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, int]:

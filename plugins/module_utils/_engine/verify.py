@@ -38,6 +38,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate
     is_static_local,
     strip_number,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected  # noqa: F401 (re-exported)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import KeptKey, special_section_names
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import relocation_width
 
@@ -49,10 +50,6 @@ _IGNORED_DATA_PREFIXES = (".rodata.str", ".rodata.cst", ".discard",
                           "__param", ".init.", ".exit.", "__tracepoints_strings", "__bpf_raw_tp_map",
                           # one entry per function (CALL_PADDING kernels); grows with new functions
                           "__patchable_function_entries")
-
-
-class PatchRejected(Exception):
-    """The patch cannot be turned into a livepatch; the message says which part and why."""
 
 
 def check_headers(orig: ElfObject, patched: ElfObject) -> None:

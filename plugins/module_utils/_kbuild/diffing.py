@@ -41,17 +41,15 @@ def find_module_ko(modules_dir: Optional[Path], module: str, scratch: Path) -> P
 
 def plain_module(path: Path, scratch: Path) -> Path:
     """``path`` when it is a plain ``.ko``, else its contents unpacked into ``scratch``."""
-    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
-        ModinfoError,
-        decompress_module,
-    )
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.compressed import decompress_module
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
 
     base, _sep, suffix = Path(path).name.partition(".ko")
     if not suffix:
         return Path(path)
     try:
         plain = decompress_module(str(path), Path(path).read_bytes())
-    except ModinfoError as exc:
+    except ElfFormatError as exc:
         raise KbuildError(str(exc)) from exc
     scratch.mkdir(parents=True, exist_ok=True)
     dest = scratch / f"{base}.ko"

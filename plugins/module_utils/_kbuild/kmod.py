@@ -16,6 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import EHDR_SIZE, identify
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import ET_REL
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
     KbuildError,
     StepLog,
@@ -85,9 +88,13 @@ def _check_object(path: Path) -> None:
     if not path.is_file():
         raise KbuildError(f"engine output object {path} does not exist")
     with open(path, "rb") as fh:
-        head = fh.read(18)
-    # ELF magic and e_type == ET_REL (1): the module link needs relocatable objects.
-    if head[:4] != b"\x7fELF" or len(head) < 18 or int.from_bytes(head[16:18], "little") != 1:
+        head = fh.read(EHDR_SIZE)
+    # The module link needs relocatable objects (e_type ET_REL).
+    try:
+        relocatable = identify(head, str(path)).e_type == ET_REL
+    except ElfFormatError:
+        relocatable = False
+    if not relocatable:
         raise KbuildError(f"{path} is not a relocatable ELF object (.o)")
 
 

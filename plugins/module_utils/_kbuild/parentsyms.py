@@ -54,7 +54,7 @@ def parent_symtab(path: Path, objname: str, cache_dir: Optional[Path]):
 
     Only ELF parents are cached (vmlinux, modules); readelf text goes to the engine's loader.
     """
-    # Imported here: the engine needs pyelftools, which the module reports missing on its own.
+    # Imported here: the engine is loaded only when a build diffs objects.
     from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_symbols
     from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
         ParentSymbol,

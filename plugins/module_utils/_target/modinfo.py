@@ -3,30 +3,24 @@
 # GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Read a kernel module's ``.modinfo`` section with the standard library only.
 
-Targets have no pyelftools, so this is a minimal ELF section-table reader: enough to find
+Targets have no pyelftools: the section table comes from the collection's standard-library ELF
+layer (``_elf.layout``, shipped in the target runtime archive beside this package), enough to find
 ``.modinfo`` (NUL-separated ``key=value`` strings) and report the module's name, vermagic and
-livepatch flag.  Compressed modules (``.ko.xz``, ``.ko.gz``; ``.ko.zst`` through the ``zstd``
-command when it exists) are decompressed in memory first.
+livepatch flag.  Compressed modules (``.ko.xz``, ``.ko.gz``, ``.ko.zst``) are decompressed first
+(``_elf.compressed``).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import lzma
 import os
 import re
-import shutil
-import struct
-import subprocess
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-ELF_MAGIC = b"\x7fELF"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-SHN_XINDEX = 0xFFFF
+from .._elf.compressed import decompress_module
+from .._elf.errors import ElfFormatError
+from .._elf.layout import bytes_reader, read_section_table
 
 
 class ModinfoError(ValueError):
@@ -89,81 +83,21 @@ def normalize_module_name(name: str) -> str:
     return name.replace("-", "_")
 
 
-def decompress_module(path: str, data: bytes) -> bytes:
-    """Plain ELF bytes of a possibly compressed module file."""
-    if data.startswith(ELF_MAGIC):
-        return data
-    try:
-        if data.startswith(XZ_MAGIC):
-            return lzma.decompress(data)
-        if data.startswith(GZIP_MAGIC):
-            return gzip.decompress(data)
-    except (lzma.LZMAError, OSError, EOFError) as exc:
-        raise ModinfoError(f"{path}: corrupt compressed module: {exc}") from exc
-    if data.startswith(ZSTD_MAGIC):
-        return _zstd_decompress(path, data)
-    raise ModinfoError(f"{path}: not an ELF file (no ELF magic) nor an xz/gzip/zstd compressed one")
-
-
-def _zstd_decompress(path: str, data: bytes) -> bytes:
-    # Python's zstd support arrives only in 3.14; the zstd command is the portable route.
-    tool = shutil.which("zstd")
-    if tool is None:
-        raise ModinfoError(f"{path}: zstd-compressed module but no 'zstd' command on this host")
-    proc = subprocess.run([tool, "-dc"], input=data, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise ModinfoError(f"{path}: zstd failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
-
-
-def _section_headers(path: str, elf: bytes) -> Tuple[List[Tuple[int, int, int]], int]:
-    """(name offset, file offset, size) for every section, and the section-name table index."""
-    if len(elf) < 64 or not elf.startswith(ELF_MAGIC):
-        raise ModinfoError(f"{path}: truncated or not ELF")
-    elf_class, elf_data = elf[4], elf[5]
-    if elf_class not in (1, 2) or elf_data not in (1, 2):
-        raise ModinfoError(f"{path}: unknown ELF class {elf_class} / data encoding {elf_data}")
-    end = "<" if elf_data == 1 else ">"
-    if elf_class == 2:
-        shoff, = struct.unpack_from(end + "Q", elf, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", elf, 0x3A)
-        shdr, name_i, off_i, size_i = end + "IIQQQQIIQQ", 0, 4, 5
-    else:
-        shoff, = struct.unpack_from(end + "I", elf, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", elf, 0x2E)
-        shdr, name_i, off_i, size_i = end + "IIIIIIIIII", 0, 4, 5
-    if shoff == 0 or shentsize < struct.calcsize(shdr):
-        raise ModinfoError(f"{path}: ELF file has no section header table")
-
-    def entry(index: int) -> tuple:
-        at = shoff + index * shentsize
-        if at + struct.calcsize(shdr) > len(elf):
-            raise ModinfoError(f"{path}: section header {index} lies beyond the end of the file")
-        return struct.unpack_from(shdr, elf, at)
-
-    first = entry(0)
-    if shnum == 0:  # more than 0xff00 sections: the count lives in section 0's size
-        shnum = first[size_i]
-    if shstrndx == SHN_XINDEX:
-        shstrndx = first[6]  # sh_link
-    sections = [(e[name_i], e[off_i], e[size_i]) for e in (entry(i) for i in range(shnum))]
-    if shstrndx >= len(sections):
-        raise ModinfoError(f"{path}: section name table index {shstrndx} out of range")
-    return sections, shstrndx
-
-
 def find_section(path: str, elf: bytes, wanted: str) -> Optional[bytes]:
     """Bytes of the section called ``wanted``, or None when the file has none."""
-    sections, shstrndx = _section_headers(path, elf)
-    _name, str_off, str_size = sections[shstrndx]
-    names = elf[str_off:str_off + str_size]
-    for name_off, off, size in sections:
-        end = names.find(b"\0", name_off)
-        if names[name_off:end].decode("ascii", "replace") == wanted:
-            if off + size > len(elf):
-                raise ModinfoError(f"{path}: section {wanted} runs past the end of the file")
-            return elf[off:off + size]
-    return None
+    try:
+        table = read_section_table(elf[:64], bytes_reader(elf, path), path)
+    except ElfFormatError as exc:
+        raise ModinfoError(str(exc)) from exc
+    if not table.headers:
+        raise ModinfoError(f"{path}: ELF file has no section header table")
+    index = table.index_of(wanted)
+    if index is None:
+        return None
+    hdr = table.headers[index]
+    if hdr.offset + hdr.size > len(elf):
+        raise ModinfoError(f"{path}: section {wanted} runs past the end of the file")
+    return elf[hdr.offset:hdr.offset + hdr.size]
 
 
 def parse_modinfo_strings(blob: bytes) -> Dict[str, List[str]]:
@@ -179,7 +113,10 @@ def parse_modinfo_strings(blob: bytes) -> Dict[str, List[str]]:
 
 def read_modinfo_bytes(path: str, data: bytes) -> ModInfo:
     """ModInfo from a module file's bytes (compressed or not)."""
-    elf = decompress_module(path, data)
+    try:
+        elf = decompress_module(path, data)
+    except ElfFormatError as exc:
+        raise ModinfoError(str(exc)) from exc
     blob = find_section(path, elf, ".modinfo")
     if blob is None:
         raise ModinfoError(f"{path}: no .modinfo section: not a kernel module")
