@@ -141,6 +141,9 @@ def _publish(ko: Path, final_dir: Path, name: str) -> Path:
     dest = final_dir / f"{name}.ko"
     tmp = final_dir / f".{name}.ko.tmp"
     shutil.copyfile(ko, tmp)
+    # On disk before the rename: after a crash the name holds the old module or the new, never a hole.
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, dest)
     return dest
 
