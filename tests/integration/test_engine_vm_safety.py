@@ -7,10 +7,23 @@ them under qemu with ``oops=panic``: a wrong pointer ends the run instead of pas
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from tests.integration.test_engine_vm import build_livepatch, wait_transition
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import create_diff_object
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
+
+from tests.integration.engine_pairs import build_pair
+from tests.integration.test_engine_vm import (
+    KMOD,
+    build_livepatch,
+    engine_struct_sizes,
+    link_livepatch,
+    prepare_kmod_dir,
+    wait_transition,
+)
+from tests.testbed.kbuild import build_external_module
 from tests.testbed.vm import run_in_initramfs
 
 pytestmark = pytest.mark.integration
@@ -66,4 +79,71 @@ echo SCRIPT_DONE
     assert "lp_armed: work armed by A ran in B" in out, out
     # it ran after A's module was gone, and the kernel saw no fault on the way
     assert _dmesg_time(out, "lp_armed: work armed by A ran in B") > _uptime_of(out, "RMMOD_A_AT"), out
+    assert not KERNEL_TROUBLE.search(out) and not KERNEL_TROUBLE.search(result.console), result.console[-4000:]
+
+
+CB_TARGET = "kpatch_cb_target"
+CB_TARGET_SOURCE = Path(__file__).resolve().parent / "kmods" / f"{CB_TARGET}.c"
+CB_CALLBACK = r"""
+#include "kpatch-macros.h"
+
+static void cb_target_post_patch(patch_object *obj)
+{
+	pr_info("kpatch_cb_target post_patch: magic=%d\n", cb_target_magic);
+}
+KPATCH_POST_PATCH_CALLBACK(cb_target_post_patch);
+
+static int __init cb_target_init(void)"""
+
+
+def _cb_target_builds(kernel, root: Path) -> "tuple[Path, Path]":
+    """The fixture module as it runs (original) and its patched object, with the engine's flags."""
+    source = CB_TARGET_SOURCE.read_text()
+    patched = source.replace("cb_target original %d", "cb_target patched %d") \
+        .replace("static int __init cb_target_init(void)", CB_CALLBACK.lstrip("\n"))
+    assert patched.count("KPATCH_POST_PATCH_CALLBACK") == 1 and "cb_target patched" in patched
+    flags = f"ccflags-y += -ffunction-sections -fdata-sections -I{KMOD}\n"
+    orig_ko = build_external_module(kernel, root / "orig", {f"{CB_TARGET}.c": source}, CB_TARGET, extra_kbuild=flags)
+    build_external_module(kernel, root / "patched", {f"{CB_TARGET}.c": patched}, CB_TARGET, extra_kbuild=flags)
+    return orig_ko, root / "patched" / f"{CB_TARGET}.o"
+
+
+def test_module_callback_runs_when_its_module_loads_not_before(kernel_6_1, tmp_path):
+    """#19 item 3: one patch for vmlinux (meminfo) and for the module kpatch_cb_target, whose
+    post-patch callback reads the module's static ``cb_target_magic``.
+
+    Loaded while the module is absent, the vmlinux part goes live and the callback does not run
+    (its object is not there; attached to vmlinux, it would read through an unapplied relocation:
+    an oops).  When the module loads, livepatch patches it and then runs the callback.
+    """
+    orig_ko, patched_obj = _cb_target_builds(kernel_6_1, tmp_path / "target")
+    work = prepare_kmod_dir(tmp_path / "kmod")
+    sizes, symvers = engine_struct_sizes(kernel_6_1), str(kernel_6_1.headers / "Module.symvers")
+    pair = build_pair("meminfo", kernel_6_1)
+    assert create_diff_object(str(pair.orig), str(pair.patched), "vmlinux",
+                              load_parent_symtab(str(kernel_6_1.vmlinux), "vmlinux"), symvers, "lp_cb",
+                              str(work / "vmlinux_part.o"), sizes).has_changes
+    module_part = create_diff_object(str(orig_ko.with_suffix(".o")), str(patched_obj), CB_TARGET,
+                                     load_parent_symtab(str(orig_ko), CB_TARGET), symvers, "lp_cb",
+                                     str(work / "module_part.o"), sizes)
+    assert module_part.changed_functions == ["kpatch_cb_target_show"], module_part
+    ko = link_livepatch(kernel_6_1, work, "lp_cb", "vmlinux_part.o module_part.o")
+    script = f"""
+insmod /lp.ko || echo INSMOD_PATCH_FAILED
+{wait_transition("lp_cb")}
+grep -c '^VMALLOCCHUNK:' /proc/meminfo | sed 's/^/vmlinux_patched=/'
+echo "callbacks_before=$(dmesg | grep -c 'kpatch_cb_target post_patch')"
+insmod /target.ko || echo INSMOD_TARGET_FAILED
+sleep 1
+cat /proc/{CB_TARGET}
+echo "callbacks_after=$(dmesg | grep -c 'kpatch_cb_target post_patch')"
+dmesg | grep -E 'kpatch_cb_target|BUG:|Oops|WARNING:|Call Trace'
+"""
+    result = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko, "/target.ko": orig_ko}, script=script, timeout=300)
+    out = result.output
+    assert result.exit_code == 0, result.console[-4000:]
+    assert "INSMOD_PATCH_FAILED" not in out and "INSMOD_TARGET_FAILED" not in out, out
+    assert "vmlinux_patched=1" in out and "callbacks_before=0" in out, out
+    assert "cb_target patched 4242" in out, out   # the module's part went live when it loaded
+    assert "callbacks_after=1" in out and "kpatch_cb_target post_patch: magic=4242" in out, out
     assert not KERNEL_TROUBLE.search(out) and not KERNEL_TROUBLE.search(result.console), result.console[-4000:]

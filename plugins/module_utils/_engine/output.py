@@ -263,5 +263,5 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
             sec.rela = None
     _drop_unreferenced_undefined(out)
     _add_modinfo(out, _modinfo_namespaces(patched))
-    emit_intermediate_sections(out, funcs, moved)
+    emit_intermediate_sections(out, funcs, moved, resolver.symtab.objname)
     return OutputResult(out, funcs, moved, objects)
