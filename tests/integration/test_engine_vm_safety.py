@@ -96,15 +96,25 @@ KPATCH_POST_PATCH_CALLBACK(cb_target_post_patch);
 static int __init cb_target_init(void)"""
 
 
-def _cb_target_builds(kernel, root: Path) -> "tuple[Path, Path]":
-    """The fixture module as it runs (original) and its patched object, with the engine's flags."""
-    source = CB_TARGET_SOURCE.read_text()
+def _with_callback(source: str) -> str:
     patched = source.replace("cb_target original %d", "cb_target patched %d") \
         .replace("static int __init cb_target_init(void)", CB_CALLBACK.lstrip("\n"))
     assert patched.count("KPATCH_POST_PATCH_CALLBACK") == 1 and "cb_target patched" in patched
-    flags = f"ccflags-y += -ffunction-sections -fdata-sections -I{KMOD}\n"
-    orig_ko = build_external_module(kernel, root / "orig", {f"{CB_TARGET}.c": source}, CB_TARGET, extra_kbuild=flags)
-    build_external_module(kernel, root / "patched", {f"{CB_TARGET}.c": patched}, CB_TARGET, extra_kbuild=flags)
+    return patched
+
+
+def _cb_target_builds(kernel, root: Path, patch=_with_callback) -> "tuple[Path, Path]":
+    """The fixture module as it runs (original) and its patched object (``patch`` of its source),
+    with the engine's flags."""
+    source = CB_TARGET_SOURCE.read_text()
+    patched = patch(source)
+    assert patched != source
+    trace = CB_TARGET_SOURCE.with_name("kpatch_cb_trace.h").read_text()
+    flags = f"ccflags-y += -ffunction-sections -fdata-sections -I$(src) -I{KMOD}\n"
+    orig_ko = build_external_module(kernel, root / "orig", {f"{CB_TARGET}.c": source, "kpatch_cb_trace.h": trace},
+                                    CB_TARGET, extra_kbuild=flags)
+    build_external_module(kernel, root / "patched", {f"{CB_TARGET}.c": patched, "kpatch_cb_trace.h": trace},
+                          CB_TARGET, extra_kbuild=flags)
     return orig_ko, root / "patched" / f"{CB_TARGET}.o"
 
 
@@ -147,3 +157,62 @@ dmesg | grep -E 'kpatch_cb_target|BUG:|Oops|WARNING:|Call Trace'
     assert "cb_target patched 4242" in out, out   # the module's part went live when it loaded
     assert "callbacks_after=1" in out and "kpatch_cb_target post_patch: magic=4242" in out, out
     assert not KERNEL_TROUBLE.search(out) and not KERNEL_TROUBLE.search(result.console), result.console[-4000:]
+
+
+def _debug_text_changed(source: str) -> str:
+    return source.replace('seq_puts(m, "cb_debug original\\n");', 'seq_puts(m, "cb_debug patched\\n");')
+
+
+def test_module_function_with_tracepoint_and_pr_debug_is_patched_and_runs(kernel_6_1, tmp_path):
+    """#19 item 4: a module function firing the module's own tracepoint and holding a pr_debug()
+    builds (the tracepoint's jump label and static call, keyed in the module, are dropped and
+    reported), loads and runs: the tracepoint stays inert while patched and fires again after.
+
+    The pr_debug()'s descriptor travels into the patch module with the function (its key is the
+    patch module's own), so that site is kept and even prints once enabled.
+    """
+    orig_ko, patched_obj = _cb_target_builds(kernel_6_1, tmp_path / "target", _debug_text_changed)
+    work = prepare_kmod_dir(tmp_path / "kmod")
+    result = create_diff_object(str(orig_ko.with_suffix(".o")), str(patched_obj), CB_TARGET,
+                                load_parent_symtab(str(orig_ko), CB_TARGET),
+                                str(kernel_6_1.headers / "Module.symvers"), "lp_dbg",
+                                str(work / "module_part.o"), engine_struct_sizes(kernel_6_1))
+    assert result.changed_functions == ["kpatch_cb_debug_show"], result
+    assert sorted(result.inert_sites) == [
+        "tracepoint __tracepoint_kpatch_cb_read in kpatch_cb_debug_show (key in module kpatch_cb_target)",
+        "tracepoint static call __SCK__tp_func_kpatch_cb_read in kpatch_cb_debug_show "
+        "(key in module kpatch_cb_target)"], result.inert_sites
+    ko = link_livepatch(kernel_6_1, work, "lp_dbg", "module_part.o")
+    script = f"""
+insmod /target.ko || echo INSMOD_TARGET_FAILED
+T=/sys/kernel/tracing; mount -t tracefs none $T
+echo 1 > $T/events/kpatch_cb/kpatch_cb_read/enable
+cat /proc/kpatch_cb_debug
+echo "events_before=$(grep -c 'kpatch_cb_read: pid=' $T/trace)"
+insmod /lp.ko || echo INSMOD_PATCH_FAILED
+{wait_transition("lp_dbg")}
+echo "enabled=$(cat /sys/kernel/livepatch/lp_dbg/enabled)"
+cat /proc/kpatch_cb_debug
+echo "events_patched=$(grep -c 'kpatch_cb_read: pid=' $T/trace)"
+echo 'func kpatch_cb_debug_show +p' > /proc/dynamic_debug/control && echo DDEBUG_ON
+cat /proc/kpatch_cb_debug
+echo "printed=$(dmesg | grep -c 'kpatch_cb_debug_show read by')"
+echo 0 > /sys/kernel/livepatch/lp_dbg/enabled
+{wait_transition("lp_dbg")}
+sleep 1
+rmmod lp_dbg && echo RMMOD_OK
+cat /proc/kpatch_cb_debug
+echo "events_after=$(grep -c 'kpatch_cb_read: pid=' $T/trace)"
+dmesg | grep -E 'BUG:|Oops|WARNING:|Call Trace'
+echo SCRIPT_DONE
+"""
+    vm = run_in_initramfs(kernel_6_1, files={"/lp.ko": ko, "/target.ko": orig_ko}, script=script, timeout=300)
+    out = vm.output
+    assert vm.exit_code == 0, vm.console[-4000:]
+    assert "INSMOD_TARGET_FAILED" not in out and "INSMOD_PATCH_FAILED" not in out and "enabled=1" in out, out
+    assert out.count("cb_debug patched") == 2 and out.count("cb_debug original") == 2, out
+    # inert while patched (two reads, no event), live again once the patch is gone
+    assert "events_before=1" in out and "events_patched=1" in out and "events_after=2" in out, out
+    assert "DDEBUG_ON" in out and "printed=1" in out, out
+    assert "RMMOD_OK" in out and "SCRIPT_DONE" in out, out
+    assert not KERNEL_TROUBLE.search(out) and not KERNEL_TROUBLE.search(vm.console), vm.console[-4000:]

@@ -35,6 +35,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
     object_file_name,
     read_symvers,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.modkeys import drop_inert_module_keys
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import SpecialSectionError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
@@ -55,6 +56,9 @@ class DiffResult:
     ignored: List[str] = field(default_factory=list)
     klp_relocations: int = 0
     special_kept: Dict[str, int] = field(default_factory=dict)
+    # module-keyed tracepoint / dynamic-debug / tracepoint static-call sites left in their
+    # default state while the patch is live (see modkeys.py)
+    inert_sites: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
     output: Optional[str] = None
     output_size: int = 0
@@ -68,6 +72,7 @@ class DiffResult:
             "object": self.object_name, "module": self.module_name, "changed_functions": self.changed_functions,
             "new_functions": self.new_functions, "promoted": self.promoted, "ignored": self.ignored,
             "klp_relocations": self.klp_relocations, "special_sections_kept": self.special_kept,
+            "inert_sites": self.inert_sites,
             "timings": self.timings, "output": self.output, "output_size": self.output_size,
         }
 
@@ -161,6 +166,9 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
         except SymbolLookupError as exc:
             raise PatchRejected(str(exc))
     with timer("output"):
+        inert = drop_inert_module_keys(new, special, resolver)
+        result.inert_sites = [site.describe() for site in inert]
+        result.special_kept = {k: v for k, v in special.kept.items() if v}
         built = build_output(new, changed, resolver)
         verify_pass.check_keys(special.keys, built.klp_objects)
         result.klp_relocations = len(built.klp_relocations)

@@ -114,6 +114,7 @@ class SpecialResult:
     kept: Dict[str, int] = field(default_factory=dict)      # section → entries kept
     dropped: Dict[str, int] = field(default_factory=dict)   # section → entries dropped
     keys: List[KeptKey] = field(default_factory=list)
+    sizes: Dict[str, int] = field(default_factory=dict)     # section → entry size
 
 
 def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]:
@@ -229,15 +230,35 @@ def _regenerate(name: str, sec: Section, stride: Stride, included: Dict[str, Sym
             func = _entry_function(relocs)
         if func is None:
             continue
+        if name in KEYED_SECTIONS:   # at the offset the entry gets in the rebuilt section
+            result.keys.extend(KeptKey(name, func.name, len(keep) * size, key) for key in _entry_keys(name, relocs))
         keep.append(offset)
-        if name in KEYED_SECTIONS:
-            result.keys.extend(KeptKey(name, func.name, offset, key) for key in _entry_keys(name, relocs))
+    result.sizes[name] = size
     result.kept[name] = len(keep)
     result.dropped[name] = stride.count - len(keep)
     _rebuild(sec, keep, size, groups)
     if keep:
         inc.include_section(sec)
     return keep
+
+
+def drop_entries(obj: ElfObject, result: SpecialResult, drop: List[KeptKey]) -> None:
+    """Remove the kept entries ``drop`` (of keyed sections) from their rebuilt sections."""
+    for name in sorted({k.section for k in drop}):
+        sec = obj.find_section(name)
+        size = result.sizes[name]
+        gone = {k.offset for k in drop if k.section == name}
+        keep = [off for off in range(0, sec.size, size) if off not in gone]
+        moved = {old: i * size for i, old in enumerate(keep)}
+        _rebuild(sec, keep, size, _group_relocations(sec, size))
+        result.kept[name] = len(keep)
+        result.dropped[name] = result.dropped.get(name, 0) + len(gone)
+        result.keys = [k if k.section != name else KeptKey(k.section, k.function, moved[k.offset], k.key)
+                       for k in result.keys if k.section != name or k.offset not in gone]
+        if not keep:
+            sec.include = False
+            if sec.rela is not None:
+                sec.rela.include = False
 
 
 def _regenerate_orc(obj: ElfObject, ip_keep: List[int], struct_sizes: Mapping[str, int],

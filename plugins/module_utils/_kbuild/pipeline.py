@@ -80,6 +80,8 @@ class ObjectDiff:
     new_functions: List[str] = field(default_factory=list)
     klp_relocations: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
+    # module-keyed tracepoint / dynamic-debug sites left inert while patched (_engine/modkeys.py)
+    inert_sites: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -260,7 +262,7 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
                           f"new {' '.join(result.new_functions) or '-'}")
         if result.has_changes:
             diffs.append(ObjectDiff(obj, parent, result.changed_functions, result.new_functions,
-                                    result.klp_relocations, result.timings))
+                                    result.klp_relocations, result.timings, result.inert_sites))
     if not diffs:
         raise NoChangesError(f"the patch {' '.join(str(p) for p in req.patches)} changes no function in "
                              f"{', '.join(sorted(pairs))}: nothing to live patch")
