@@ -28,6 +28,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler 
     host_compiler,
     kernel_compiler,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import max_symbol_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
@@ -416,7 +417,7 @@ def _build(req: BuildRequest, key: str, log: StepLog, work: Path, timings: Dict[
     final_dir.mkdir(parents=True, exist_ok=True)
     klp_ko = work / f"{req.module_name}.ko"
     with log.step("create-klp-module") as res:
-        conv = create_klp_module(str(linked), str(klp_ko))
+        conv = create_klp_module(str(linked), str(klp_ko), max_symbol_name(req.release))
         res.detail = (f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections "
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")
