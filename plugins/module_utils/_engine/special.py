@@ -76,6 +76,26 @@ SPECIAL_SECTIONS: Dict[str, object] = {
     "__mcount_loc": _PTR,
     ".printk_index": _PTR,
 }
+# objtool's annotations (include/linux/objtool.h, instrumentation.h, nospec-branch.h): lists of
+# instructions or functions objtool treats specially.  The final link discards them; they matter
+# where objtool reads the object again -- on the linked patch module of IBT kernels, which it
+# gives fresh ORC data and site lists: without its unwind hints the ORC data of a hinted function
+# would be wrong (stack traces the livepatch consistency model trusts), without the others
+# objtool warns or gives up.
+_UNWIND_HINT = 12   # struct unwind_hint: s32 ip, s16 sp_offset, u8 sp_reg, type, signal; .balign 4
+OBJTOOL_ANNOTATIONS: Dict[str, object] = {
+    ".discard.unwind_hints": _UNWIND_HINT,
+    ".discard.reachable": _S32,
+    ".discard.unreachable": _S32,
+    ".discard.retpoline_safe": _S32,
+    ".discard.noendbr": _S32,
+    ".discard.instr_begin": _S32,
+    ".discard.instr_end": _S32,
+    ".discard.intra_function_calls": _S32,
+    ".discard.validate_unret": _S32,
+    ".discard.func_stack_frame_non_standard": _PTR,   # the C macro's form: a function pointer
+}
+SPECIAL_SECTIONS.update(OBJTOOL_ANNOTATIONS)
 # Entries whose key must be resolvable at load time.  The key is found among the entry's
 # relocations (the one not pointing into code), never at an assumed offset: struct layouts differ
 # between architectures and kernel versions.
