@@ -43,6 +43,7 @@ def armed_shepherd(tag: str) -> str:
             f"\t\t\tpr_info(\"lp_armed: armed by {tag}\\n\");\n"
             "\t\t}\n\t}\n\tcpus_read_lock();")
 
+
 # S1: kpatch's own sample change; S2/S3: one-line changes in other hot files.
 SUBSTITUTIONS: Dict[str, Tuple[str, str, str]] = {
     "meminfo": ("fs/proc/meminfo.c", '"VmallocChunk:   "', '"VMALLOCCHUNK:   "'),

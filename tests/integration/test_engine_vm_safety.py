@@ -89,7 +89,7 @@ CB_CALLBACK = r"""
 
 static void cb_target_post_patch(patch_object *obj)
 {
-	pr_info("kpatch_cb_target post_patch: magic=%d\n", cb_target_magic);
+    pr_info("kpatch_cb_target post_patch: magic=%d\n", cb_target_magic);
 }
 KPATCH_POST_PATCH_CALLBACK(cb_target_post_patch);
 
