@@ -42,6 +42,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.include i
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import (
     Stride,
     StrideError,
+    relocation_width,
     section_stride,
 )
 
@@ -83,17 +84,21 @@ SPECIAL_SECTIONS: Dict[str, object] = {
 # would be wrong (stack traces the livepatch consistency model trusts), without the others
 # objtool warns or gives up.
 _UNWIND_HINT = 12   # struct unwind_hint: s32 ip, s16 sp_offset, u8 sp_reg, type, signal; .balign 4
+# A list of one address per entry, spelled ``.long 1b``, ``.long 1b - .`` or ``.quad 1b`` depending
+# on the list and the kernel version (6.1's noendbr and retpoline_safe are pointers, 6.12's are
+# not): an entry is as wide as its relocation.
+_ADDRESS_LIST = "address list"
 OBJTOOL_ANNOTATIONS: Dict[str, object] = {
     ".discard.unwind_hints": _UNWIND_HINT,
-    ".discard.reachable": _S32,
-    ".discard.unreachable": _S32,
-    ".discard.retpoline_safe": _S32,
-    ".discard.noendbr": _S32,
-    ".discard.instr_begin": _S32,
-    ".discard.instr_end": _S32,
-    ".discard.intra_function_calls": _S32,
-    ".discard.validate_unret": _S32,
-    ".discard.func_stack_frame_non_standard": _PTR,   # the C macro's form: a function pointer
+    ".discard.reachable": _ADDRESS_LIST,
+    ".discard.unreachable": _ADDRESS_LIST,
+    ".discard.retpoline_safe": _ADDRESS_LIST,
+    ".discard.noendbr": _ADDRESS_LIST,
+    ".discard.instr_begin": _ADDRESS_LIST,
+    ".discard.instr_end": _ADDRESS_LIST,
+    ".discard.intra_function_calls": _ADDRESS_LIST,
+    ".discard.validate_unret": _ADDRESS_LIST,
+    ".discard.func_stack_frame_non_standard": _ADDRESS_LIST,
 }
 SPECIAL_SECTIONS.update(OBJTOOL_ANNOTATIONS)
 # Entries whose key must be resolvable at load time.  The key is found among the entry's
@@ -142,6 +147,8 @@ def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]
     kind = SPECIAL_SECTIONS[name]
     if isinstance(kind, int):
         return kind, "element size"
+    if kind == _ADDRESS_LIST:
+        return _S32, "address list"
     struct, var = STRUCT_KEYS[kind]
     if kind not in struct_sizes:
         raise SpecialSectionError("section %s is present but the size of struct %s is unknown: pass "
@@ -153,6 +160,8 @@ def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]
 def entry_stride(name: str, sec: Section, struct_sizes: Mapping[str, int]) -> Stride:
     """How ``sec`` is cut into entries (see ``stride.py``)."""
     size, what = declared_size(name, struct_sizes)
+    if SPECIAL_SECTIONS[name] == _ADDRESS_LIST and sec.rela is not None and sec.rela.relocations:
+        size, what = relocation_width(sec.rela.relocations[0].type), "address list, its relocations' width"
     try:
         return section_stride(sec, size, what)
     except StrideError as exc:
