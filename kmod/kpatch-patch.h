@@ -33,9 +33,11 @@ typedef void (*kpatch_pre_unpatch_call_t)(struct klp_object *obj);
 typedef void (*kpatch_post_unpatch_call_t)(struct klp_object *obj);
 
 /*
- * objname is NULL as the patch author writes it; the engine may fill it with
- * the patched object's name.  The hook treats NULL as "the object this patch
- * changes" (the only object, or vmlinux when the patch spans several).
+ * objname is NULL as the patch author writes it; the engine fills it with the
+ * object the callback's source file belongs to ("vmlinux" or the module), so
+ * a module's callback runs when that module is patched, i.e. once it is
+ * loaded.  The hook treats a NULL left over (a record the engine did not see)
+ * as "the object this patch changes" (the only one, else vmlinux).
  */
 struct kpatch_pre_patch_callback {
 	kpatch_pre_patch_call_t fn;

@@ -310,8 +310,17 @@ objects:
     timings:
       description: Wall time of each engine step for this object, in seconds.
       type: dict
+    inert_sites:
+      description:
+        - Tracepoint, dynamic-debug and tracepoint static-call sites of the changed functions whose key
+          lives in a module; their entries are left out, so each stays in its default state (the tracepoint
+          does not fire, the debug message is not printed) while the patch is live. One line each, naming
+          the kind, the key, the function and the module.
+        - Any other jump label or static call keyed in a module makes the build fail instead.
+      type: list
+      elements: str
   sample: [{"object": "fs/proc/meminfo.o", "parent": "vmlinux", "changed_functions": ["meminfo_proc_show"],
-            "new_functions": [], "klp_relocations": 46}]
+            "new_functions": [], "klp_relocations": 46, "inert_sites": []}]
 timings:
   description: Wall time of each build stage in seconds.
   returned: success

@@ -22,6 +22,28 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree impo
 from tests.testbed.kernels import KernelArtifacts, cache_root, fetch_kernel
 
 ENGINE_CFLAGS = "-ffunction-sections -fdata-sections"
+SHEPHERD_HEAD = "static void vmstat_shepherd(struct work_struct *w)\n{\n\tint cpu;\n\n\tcpus_read_lock();"
+
+
+def armed_shepherd(tag: str) -> str:
+    """vmstat_shepherd arming, once, a kmalloc'd delayed work on itself (20 s) and, when that work
+    runs, naming the build that armed it and the build that runs it (the live patch)."""
+    return ("struct lp_armed_work { struct delayed_work dw; char by[8]; };\n\n"
+            "static void vmstat_shepherd(struct work_struct *w)\n{\n\tint cpu;\n\tstatic bool lp_armed;\n\n"
+            "\tif (w != &shepherd.work) {\n"
+            "\t\tstruct lp_armed_work *a = container_of(to_delayed_work(w), struct lp_armed_work, dw);\n\n"
+            f"\t\tpr_info(\"lp_armed: work armed by %s ran in {tag}\\n\", a->by);\n"
+            "\t\tkfree(a);\n\t\treturn;\n\t}\n"
+            "\tif (!lp_armed) {\n"
+            "\t\tstruct lp_armed_work *a = kzalloc(sizeof(*a), GFP_KERNEL);\n\n"
+            "\t\tif (a) {\n\t\t\tlp_armed = true;\n"
+            f"\t\t\tstrscpy(a->by, \"{tag}\", sizeof(a->by));\n"
+            "\t\t\tINIT_DELAYED_WORK(&a->dw, vmstat_shepherd);\n"
+            "\t\t\tschedule_delayed_work(&a->dw, 20 * HZ);\n"
+            f"\t\t\tpr_info(\"lp_armed: armed by {tag}\\n\");\n"
+            "\t\t}\n\t}\n\tcpus_read_lock();")
+
+
 # S1: kpatch's own sample change; S2/S3: one-line changes in other hot files.
 SUBSTITUTIONS: Dict[str, Tuple[str, str, str]] = {
     "meminfo": ("fs/proc/meminfo.c", '"VmallocChunk:   "', '"VMALLOCCHUNK:   "'),
@@ -45,6 +67,10 @@ SUBSTITUTIONS: Dict[str, Tuple[str, str, str]] = {
     "ext4_statfs": ("fs/ext4/super.c", "\tbuf->f_namelen = EXT4_NAME_LEN;", "\tbuf->f_namelen = EXT4_NAME_LEN - 1;"),
     "binfmt_misc": ("fs/binfmt_misc.c", 'char *s = enabled ? "enabled\\n" : "disabled\\n";',
                     'char *s = enabled ? "ENABLED\\n" : "DISABLED\\n";'),
+    # #19 item 2: the changed vmstat_shepherd arms a heap work item on itself (its address taken by
+    # patched code); two builds told apart by their tag, for the atomic-replace proof
+    "armed_work_a": ("mm/vmstat.c", SHEPHERD_HEAD, armed_shepherd("A")),
+    "armed_work_b": ("mm/vmstat.c", SHEPHERD_HEAD, armed_shepherd("B")),
     # lines added at the top: every __LINE__ below moves, no function changes
     "lineshift_sched": ("kernel/sched/core.c", "// SPDX-License-Identifier: GPL-2.0-only\n",
                         "// SPDX-License-Identifier: GPL-2.0-only\n/* shifted */\n\n"),

@@ -28,24 +28,39 @@ pytestmark = pytest.mark.integration
 KMOD = Path(__file__).resolve().parents[2] / "kmod"
 
 
-def build_livepatch(kernel, pair_name: str, module: str, workdir: Path) -> Path:
-    """Engine → kbuild module with the hook → livepatch ELF; returns the final .ko."""
-    pair = build_pair(pair_name, kernel)
-    sizes = special_struct_sizes(kernel.vmlinux, kernel.release, cache_root() / "struct-sizes", kernel.config)
-    symtab = load_parent_symtab(str(kernel.vmlinux), "vmlinux")
+def engine_struct_sizes(kernel) -> dict:
+    return special_struct_sizes(kernel.vmlinux, kernel.release, cache_root() / "struct-sizes", kernel.config)
+
+
+def prepare_kmod_dir(workdir: Path) -> Path:
+    """A fresh directory holding kmod/ (the hook and its Kbuild), for engine outputs to join."""
     workdir.mkdir(parents=True)
     for item in KMOD.iterdir():
         if item.is_file():
             shutil.copy(item, workdir / item.name)
-    result = create_diff_object(str(pair.orig), str(pair.patched), "vmlinux", symtab,
-                                str(kernel.headers / "Module.symvers"), module, str(workdir / "patch.o"), sizes)
-    assert result.has_changes
+    return workdir
+
+
+def link_livepatch(kernel, workdir: Path, module: str, objects: str) -> Path:
+    """kbuild links the hook with the engine outputs ``objects`` (in ``workdir``); klp conversion."""
     proc = subprocess.run(["make", "-C", str(workdir), f"KDIR={kernel.headers}", f"KPATCH_NAME={module}",
-                           "KPATCH_OBJECTS=patch.o"], capture_output=True, text=True, check=False)
+                           f"KPATCH_OBJECTS={objects}"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     final = workdir / f"{module}-klp.ko"
     create_klp_module(str(workdir / f"{module}.ko"), str(final))
     return final
+
+
+def build_livepatch(kernel, pair_name: str, module: str, workdir: Path) -> Path:
+    """Engine → kbuild module with the hook → livepatch ELF; returns the final .ko."""
+    pair = build_pair(pair_name, kernel)
+    symtab = load_parent_symtab(str(kernel.vmlinux), "vmlinux")
+    prepare_kmod_dir(workdir)
+    result = create_diff_object(str(pair.orig), str(pair.patched), "vmlinux", symtab,
+                                str(kernel.headers / "Module.symvers"), module, str(workdir / "patch.o"),
+                                engine_struct_sizes(kernel))
+    assert result.has_changes
+    return link_livepatch(kernel, workdir, module, "patch.o")
 
 
 def wait_transition(module: str) -> str:

@@ -253,19 +253,39 @@ def test_kpatch_ignore_section_directive(tmp_path):
     assert case.result.changed_functions == ["real"] and case.result.ignored == [".text.noisy"]
 
 
-def test_patch_callback_section_travels_with_its_function(tmp_path):
-    patched = NOISY.replace("x * 2", "x * 4") + r"""
+CALLBACK_RECORD = r"""
 struct kpatch_pre_patch_callback { int (*fn)(void *obj); char *objname; };
 static int my_pre_patch(void *obj) { return 0; }
 static struct kpatch_pre_patch_callback kpatch_pre_patch_data __attribute__((used,
     section(".kpatch.callbacks.pre_patch"))) = { .fn = my_pre_patch, .objname = 0 };
 """
+
+
+def _callback_objname(case) -> str:
+    """The string the callback record's objname field (offset 8) points at."""
+    (ref,) = [r for r in case.relocations(".kpatch.callbacks.pre_patch") if r.offset == 8]
+    assert ref.sym.name == ".kpatch.strings"
+    strings = case.sections()[".kpatch.strings"].data
+    return strings[ref.addend:strings.index(b"\0", ref.addend)].decode()
+
+
+def test_patch_callback_section_travels_with_its_function(tmp_path):
+    patched = NOISY.replace("x * 2", "x * 4") + CALLBACK_RECORD
     case = run_engine(make_case(tmp_path, NOISY, patched))
     assert case.result.changed_functions == ["real"]
     assert "my_pre_patch" in case.result.new_functions
     relocs = case.relocations(".kpatch.callbacks.pre_patch")
-    assert [(r.offset, r.sym.name) for r in relocs] == [(0, "my_pre_patch")]
+    assert [(r.offset, r.sym.name) for r in relocs] == [(0, "my_pre_patch"), (8, ".kpatch.strings")]
     assert relocs[0].sym.section is not None
+    assert _callback_objname(case) == "vmlinux"
+
+
+def test_patch_callback_records_the_module_its_source_belongs_to(tmp_path):
+    """#19 item 3: the hook attaches the callback to this object's klp_object, not to vmlinux."""
+    case = run_engine(make_case(tmp_path, NOISY, NOISY.replace("x * 2", "x * 4") + CALLBACK_RECORD),
+                      parent_name="kpatch_cb_target")
+    assert _callback_objname(case) == "kpatch_cb_target"
+    assert {f["objname"] for f in case.funcs()} == {"kpatch_cb_target"}
 
 
 def test_call_padding_functions_are_bundled_and_diffed(tmp_path):

@@ -130,3 +130,46 @@ def test_address_of_a_new_function_stays_in_the_module(tmp_path):
     assert "fresh" in case.result.new_functions
     assert not [r for r in case.klp_relocations() if r["name"] == "fresh"]
     assert any(r.sym.name == "fresh" for r in case.relocations(".text.start"))
+
+
+# The other forms a changed function's address takes (docs/engine.md "Safety"): a new ops table in
+# .rodata and a new writable one in .data (R_X86_64_64), and lea func(%rip) (R_X86_64_PC32).
+FORMS = CALLBACK + r"""
+struct ops { void (*expire)(struct timer *); };
+extern void arm_ops(const struct ops *o);
+void start_ops(struct timer *t) { arm(t); }
+"""
+FORMS_PATCHED = CALLBACK.replace("expired %p", "expired! %p") + r"""
+struct ops { void (*expire)(struct timer *); };
+extern void arm_ops(const struct ops *o);
+static const struct ops ro_ops = { on_expiry };
+static struct ops rw_ops = { on_expiry };
+void start_ops(struct timer *t)
+{
+    void (*fn)(struct timer *);
+    asm volatile("lea on_expiry(%%rip), %0" : "=r"(fn));
+    t->fn = fn;
+    arm(t); arm_ops(&ro_ops); arm_ops(&rw_ops);
+}
+"""
+
+
+def test_every_form_of_a_changed_functions_address_is_the_originals(tmp_path):
+    case = run_engine(make_case(tmp_path, FORMS, FORMS_PATCHED, exports=DEFAULT_EXPORTS + ("arm", "arm_ops")))
+    assert sorted(case.result.changed_functions) == ["on_expiry", "start_ops"]
+    taken = sorted((r["section"], r["type"]) for r in case.klp_relocations() if r["name"] == "on_expiry")
+    # R_X86_64_64 in both tables, R_X86_64_PC32 under the lea
+    assert taken == [(".data.rw_ops", 1), (".rodata.ro_ops", 1), (".text.start_ops", 2)], taken
+    assert not [r for r in case.relocations(".text.start_ops") if r.sym.name == "on_expiry"]
+    # ftrace's record of the replacement and the hook's klp_func entry keep naming the module's copy
+    assert any(r.sym.name in ("on_expiry", ".text.on_expiry") for r in case.relocations("__mcount_loc"))
+    assert [f["new"] for f in case.funcs() if f["name"] == "on_expiry"] == ["on_expiry"]
+
+
+def test_calls_to_a_changed_function_stay_direct(tmp_path):
+    patched = CALLBACK.replace("expired %p", "expired! %p") \
+        .replace("arm(t); }", "arm(t); on_expiry(t); }")
+    case = run_engine(make_case(tmp_path, CALLBACK, patched, exports=DEFAULT_EXPORTS + ("arm",)))
+    calls = [r for r in case.relocations(".text.start") if r.sym.name == "on_expiry" and r.type == 4]
+    assert len(calls) == 1   # R_X86_64_PLT32 to the module's copy
+    assert {r["type"] for r in case.klp_relocations() if r["name"] == "on_expiry"} == {11}

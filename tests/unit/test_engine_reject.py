@@ -235,3 +235,55 @@ def test_jump_label_key_is_found_by_its_relocation_not_its_offset(tmp_path):
     assert key_first != JUMP_LABEL
     msg = rejection(tmp_path, key_first, key_first.replace("x * 2", "x * 3"), parent_name="mymod")
     assert "jump label in function keyed uses key fast_path defined in module mymod" in msg
+
+
+# #19 item 4: module-keyed tracepoint, dynamic-debug and tracepoint static-call sites are dropped
+# (inert while patched) and reported; the parent module defines the tracepoint keys.
+MODULE_KEYS = JUMP_LABEL.replace("static struct static_key fast_path;\n", r"""
+extern struct static_key __tracepoint_cb_event;
+static struct static_key dbg_desc __attribute__((used, section("__dyndbg")));
+extern struct static_key __SCK__tp_func_cb_event;
+static __attribute__((always_inline)) inline void tp_call(void)
+{
+    asm volatile("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n\t.pushsection .static_call_sites, \"a\"\n\t"
+                 ".long 1b - .\n\t.long %c0 - .\n\t.popsection" : : "i" (&__SCK__tp_func_cb_event));
+}
+struct static_key __tracepoint_here_event __attribute__((section("__tracepoints")));
+static struct static_key fast_path;
+int traced(int x) { tp_call(); if (key_on(&__tracepoint_cb_event)) return x * 7; if (key_on(&dbg_desc)) return 0;
+                    if (key_on(&__tracepoint_here_event)) return x * 9; return x + 2; }
+""")
+MODULE_KEY_DEFS = "struct static_key { int enabled; } __tracepoint_cb_event, __SCK__tp_func_cb_event;\n"
+
+
+def test_module_tracepoint_sites_are_dropped_and_reported(tmp_path):
+    case = make_case(tmp_path, MODULE_KEYS, MODULE_KEYS.replace("x + 2", "x + 3"), extra_parent_src=MODULE_KEY_DEFS)
+    run_engine(case, parent_name="mymod")
+    assert case.result.changed_functions == ["traced"]
+    assert sorted(case.result.inert_sites) == [
+        "tracepoint __tracepoint_cb_event in traced (key in module mymod)",
+        "tracepoint __tracepoint_here_event in traced (key in module mymod)",   # defined in this file
+        "tracepoint static call __SCK__tp_func_cb_event in traced (key in module mymod)",
+    ]
+    # no entry is left to be initialised against a key livepatch resolves only later
+    assert ".static_call_sites" not in case.sections()
+    assert not [r for r in case.klp_relocations() if r["name"].startswith(("__tracepoint_", "__SCK__", "dbg_desc"))]
+    # the dynamic-debug descriptor travels into the patch module (its key is the patch module's
+    # own, set up with it): that site is kept, the only entry left
+    assert case.sections()["__jump_table"].size == 16
+    assert [r.sym.name for r in case.relocations("__jump_table") if r.offset == 8] == ["dbg_desc"]
+
+
+def test_module_tracepoint_kept_with_other_module_key_is_still_refused(tmp_path):
+    both = MODULE_KEYS.replace("return x + 2; }", "return x + 2; }\nint fast(int x) { if (key_on(&fast_path)) "
+                               "return x; return -x; }")
+    msg = rejection(tmp_path, both, both.replace("return -x;", "return 1 - x;").replace("x + 2", "x + 3"),
+                    parent_name="mymod", extra_parent_src=MODULE_KEY_DEFS)
+    assert "jump label in function fast uses key fast_path defined in module mymod" in msg
+
+
+def test_vmlinux_tracepoint_site_is_kept(tmp_path):
+    case = make_case(tmp_path, MODULE_KEYS, MODULE_KEYS.replace("x + 2", "x + 3"), extra_parent_src=MODULE_KEY_DEFS)
+    run_engine(case)
+    assert case.result.inert_sites == []
+    assert case.sections()["__jump_table"].size == 48 and case.sections()[".static_call_sites"].size == 8

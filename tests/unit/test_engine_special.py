@@ -169,3 +169,39 @@ def test_printk_index_entry_size_is_checked(tmp_path):
     with pytest.raises(PatchRejected) as info:
         run_engine(case, struct_sizes=dict(TEST_STRUCT_SIZES, PRINTK_INDEX=40))
     assert "struct pi_entry is 40 bytes (PRINTK_INDEX_STRUCT_SIZE)" in str(info.value)
+
+
+# objtool's annotations as include/linux/objtool.h and instrumentation.h spell them (6.1-6.12).
+ANNOTATED = r"""
+#define UNWIND_HINT_HERE() asm volatile("987:\n\t.pushsection .discard.unwind_hints\n\t.long 987b - .\n\t" \
+        ".short 8\n\t.byte 4\n\t.byte 1\n\t.byte 0\n\t.balign 4\n\t.popsection")
+#define REACHABLE_HERE() asm volatile("998:\n\t.pushsection .discard.reachable\n\t.long 998b\n\t.popsection")
+#define INSTR_BEGIN() asm volatile("1: nop\n\t.pushsection .discard.instr_begin\n\t.long 1b - .\n\t.popsection")
+/* 6.1 spells these two lists with pointers, 6.12 with 32-bit addresses */
+#define RETPOLINE_SAFE_6_1() asm volatile("999:\n\t.pushsection .discard.retpoline_safe\n\t.quad 999b\n\t.popsection")
+#define NOENDBR_6_12() asm volatile("986:\n\t.pushsection .discard.noendbr\n\t.long 986b\n\t.popsection")
+void hinted(int *p) { UNWIND_HINT_HERE(); *p += 1; REACHABLE_HERE(); RETPOLINE_SAFE_6_1(); }
+void other_hinted(int *p) { UNWIND_HINT_HERE(); INSTR_BEGIN(); RETPOLINE_SAFE_6_1(); *p -= 1; }
+void odd_frame(int *p) { NOENDBR_6_12(); *p = 0; }
+static void __attribute__((used, section(".discard.func_stack_frame_non_standard")))
+    *__func_stack_frame_non_standard_odd_frame = odd_frame;
+"""
+
+
+def test_objtool_annotations_travel_with_their_functions(tmp_path):
+    """#19 item 9: objtool re-reads the linked patch module on IBT kernels; each annotation of an
+    included function goes along (one unwind hint of two, the reachable mark), none of the others."""
+    patched = ANNOTATED.replace("*p += 1", "*p += 2").replace("*p = 0", "*p = 1")
+    case = run_engine(make_case(tmp_path, ANNOTATED, patched))
+    assert sorted(case.result.changed_functions) == ["hinted", "odd_frame"]
+    secs = case.sections()
+    hints = secs[".discard.unwind_hints"]
+    assert hints.size == 12 and hints.data[4:9] == b"\x08\x00\x04\x01\x00"
+    assert [r.sym.name for r in case.relocations(".discard.unwind_hints")] == ["hinted"]
+    assert [r.sym.name for r in case.relocations(".discard.reachable")] == ["hinted"]
+    assert [r.sym.name for r in case.relocations(".discard.func_stack_frame_non_standard")] == ["odd_frame"]
+    assert ".discard.instr_begin" not in secs   # other_hinted is not in the patch
+    # an address list's entry is as wide as its relocation: one of two pointers, one 32-bit address
+    assert secs[".discard.retpoline_safe"].size == 8 and secs[".discard.noendbr"].size == 4
+    assert [r.sym.name for r in case.relocations(".discard.retpoline_safe")] == ["hinted"]
+    assert case.result.special_kept[".discard.unwind_hints"] == 1

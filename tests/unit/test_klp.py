@@ -34,10 +34,12 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermedi
     emit_intermediate_sections,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import (
+    MAX_SYMNAME_BEFORE_6_1,
     KlpError,
     convert_to_klp,
     create_klp_module,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import max_symbol_name
 from tests.testbed.readelf import parse_sections, parse_symbols, readelf
 from tests.unit.elf_samples import SAMPLE_C, compile_c
 
@@ -70,9 +72,10 @@ Expected = List[Tuple[str, str, int, str, str, int]]  # (klp section, base, offs
 _TYPES = {2: "R_X86_64_PC32", 4: "R_X86_64_PLT32", 11: "R_X86_64_32S", 1: "R_X86_64_64"}
 
 
-def engine_object(workdir: Path, name: str, source: str, targets: Optional[Dict[str, KlpSymbol]] = None) -> Expected:
+def engine_object(workdir: Path, name: str, source: str, targets: Optional[Dict[str, KlpSymbol]] = None,
+                  func_name: str = "") -> Expected:
     """Compile ``source``; move references to ``targets`` (default TARGETS) into .kpatch.* records
-    the engine's way."""
+    the engine's way; ``func_name`` (default ``patched_<last letter of name>``) is the patched function."""
     targets = TARGETS if targets is None else targets
     obj_path = compile_c(workdir, name, source)
     obj = read_elf(str(obj_path))
@@ -92,7 +95,7 @@ def engine_object(workdir: Path, name: str, source: str, targets: Optional[Dict[
                              f".klp.sym.{target.objname}.{target.name},{target.sympos}", rel.addend))
         sec.rela.relocations = keep
     obj.symbols = [s for s in obj.symbols if s.name not in targets]
-    func = obj.find_symbol(f"patched_{name[-1]}")
+    func = obj.find_symbol(func_name or f"patched_{name[-1]}")
     emit_intermediate_sections(obj, [PatchedFunc(func, 0xFFFFFFFF81000000, 64, 0, "vmlinux")], moved)
     write_elf(obj, str(obj_path))
     return expected
@@ -182,3 +185,56 @@ def test_unparsable_object_name_is_refused(tmp_path: Path) -> None:
     engine_object(tmp_path, "patch_a", PATCH_A, targets)
     with pytest.raises(KlpError, match=r"object name 'ext4\.ko' .* without '\.'"):
         convert_to_klp(read_elf(str(tmp_path / "patch_a.o")))
+
+
+LONG_NAME = "helper_" + "x" * 130   # 137 characters: fine for 6.1+, too long before
+LONG_SOURCE = "extern int %s(int);\nint patched_l(int x) { return %s(x) + 1; }\n" % (LONG_NAME, LONG_NAME)
+
+
+def test_names_longer_than_old_kallsyms_reads_are_refused_for_kernels_before_6_1(tmp_path: Path) -> None:
+    """#19 item 9: before Linux 6.1 KSYM_NAME_LEN is 128 (the pipeline passes 127 for them,
+    ``_kbuild/distro.max_symbol_name``); the same module converts for a newer kernel."""
+    assert max_symbol_name("5.15.0-91-generic") == max_symbol_name("5.14.0-362.8.1.el9_3.x86_64") == 127
+    assert max_symbol_name("6.1.0-50-cloud-amd64") == max_symbol_name("6.12.107+deb12-cloud-amd64") == 511
+    engine_object(tmp_path, "patch_l", LONG_SOURCE,
+                  {LONG_NAME: KlpSymbol(LONG_NAME, "vmlinux", 0, STB_LOCAL, STT_FUNC)})
+    src = tmp_path / "patch_l.o"
+    with pytest.raises(KlpError, match=r"livepatch symbol %s is 137 characters long; .* at most 127" % LONG_NAME):
+        create_klp_module(str(src), str(tmp_path / "old.ko"), MAX_SYMNAME_BEFORE_6_1)
+    assert create_klp_module(str(src), str(tmp_path / "new.ko")).relocations == 1
+
+
+def test_a_patched_function_name_too_long_for_old_kernels_is_refused(tmp_path: Path) -> None:
+    name = "patched_" + "f" * 125   # 133 characters
+    engine_object(tmp_path, "patch_f", "extern int secret_counter;\nint %s(int x) { return secret_counter + x; }\n"
+                  % name, func_name=name)
+    with pytest.raises(KlpError, match=r"patched function %s is 133 characters long" % name):
+        create_klp_module(str(tmp_path / "patch_f.o"), str(tmp_path / "old.ko"), MAX_SYMNAME_BEFORE_6_1)
+    assert create_klp_module(str(tmp_path / "patch_f.o"), str(tmp_path / "new.ko")).relocations == 1
+
+
+CALLS_SOURCE = r"""
+int patched_c(int x)
+{
+    asm volatile("1: call helper_local\n\t.pushsection .call_sites, \"a\"\n\t.long 1b - .\n\t.popsection\n\t"
+                 "2: call ext4_helper\n\t.pushsection .call_sites, \"a\"\n\t.long 2b - .\n\t.popsection");
+    return x;
+}
+"""
+
+
+def test_call_sites_are_dropped_only_for_calls_a_module_object_completes(tmp_path: Path) -> None:
+    """#19 item 9: vmlinux klp relocations are applied during the patch module's load, before the
+    loader reads .call_sites (module_finalize): that call keeps its entry; ext4's are applied when
+    ext4 loads, so its call still reads ``call .+0`` then and loses its entry."""
+    targets = {"helper_local": TARGETS["helper_local"],
+               "ext4_helper": KlpSymbol("ext4_helper", "ext4", 0, STB_GLOBAL, STT_FUNC)}
+    engine_object(tmp_path, "patch_c", CALLS_SOURCE, targets)
+    obj = read_elf(str(tmp_path / "patch_c.o"))
+    result = convert_to_klp(obj)
+    assert result.call_sites_dropped == 1
+    sections = {s.name: s for s in obj.sections}
+    assert sorted(result.sections) == [".klp.rela.ext4..text.patched_c", ".klp.rela.vmlinux..text.patched_c"]
+    listed = [r.sym.value + r.addend for r in sections[".call_sites"].rela.relocations]
+    vmlinux_call = [r.offset - 1 for r in sections[".klp.rela.vmlinux..text.patched_c"].relocations]
+    assert listed == vmlinux_call and sections[".text.patched_c"].data[listed[0]] == 0xE8

@@ -37,6 +37,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
     read_symvers,
     wanted_by,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.modkeys import drop_inert_module_keys
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
@@ -56,6 +57,9 @@ class DiffResult:
     ignored: List[str] = field(default_factory=list)
     klp_relocations: int = 0
     special_kept: Dict[str, int] = field(default_factory=dict)
+    # module-keyed tracepoint / dynamic-debug / tracepoint static-call sites left in their
+    # default state while the patch is live (see modkeys.py)
+    inert_sites: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
     output: Optional[str] = None
     output_size: int = 0
@@ -69,6 +73,7 @@ class DiffResult:
             "object": self.object_name, "module": self.module_name, "changed_functions": self.changed_functions,
             "new_functions": self.new_functions, "promoted": self.promoted, "ignored": self.ignored,
             "klp_relocations": self.klp_relocations, "special_sections_kept": self.special_kept,
+            "inert_sites": self.inert_sites,
             "timings": self.timings, "output": self.output, "output_size": self.output_size,
         }
 
@@ -156,6 +161,9 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
         blocks = symtab.select_object_blocks(old) if object_file_name(new) is not None else ObjectBlocks()
         resolver = Resolver(symtab, read_symvers(symvers), blocks)
     with timer("output"):
+        inert = drop_inert_module_keys(new, special, resolver)
+        result.inert_sites = [site.describe() for site in inert]
+        result.special_kept = {k: v for k, v in special.kept.items() if v}
         built = build_output(new, changed, resolver)
         verify_pass.check_keys(special.keys, built.klp_objects)
         result.klp_relocations = len(built.klp_relocations)

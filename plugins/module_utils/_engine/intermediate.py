@@ -73,6 +73,13 @@ addend (so ``ld -r`` keeps them valid when objects are merged).
          32   8  ksym      R_X86_64_64 → the section symbol of
                            ``.kpatch.symbols``, addend = 40 * entry index
 
+``.kpatch.callbacks.<kind>`` — written by the patch author (``kmod/kpatch-macros.h``),
+    16 bytes per record: ``fn`` (8) and ``objname`` (8, a string pointer).  The
+    author leaves ``objname`` NULL; the engine fills it with the object the source
+    file belongs to (the parent: "vmlinux" or the module), so the hook attaches the
+    callback to that object's ``klp_object`` -- livepatch then runs it when that
+    object is patched, which for a module is when the module is (or gets) loaded.
+
 The ``.rela.kpatch.*`` sections holding those relocations are ordinary
 SHT_RELA sections (flags SHF_INFO_LINK) written by the ELF writer.
 
@@ -89,7 +96,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import RELA_ENTSIZE
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
@@ -202,10 +209,35 @@ def _finish(sec: Section, data: bytes) -> None:
     sec.size = len(data)
 
 
+CALLBACK_SECTION_PREFIX = ".kpatch.callbacks."
+CALLBACK_ENTRY_SIZE = 16
+CALLBACK_OBJNAME_OFFSET = 8
+
+
+def _name_callback_objects(obj: ElfObject, objname: str, string_ref: Callable[[int, str], Relocation]) -> int:
+    """Point every callback record's NULL ``objname`` at ``objname``; returns how many."""
+    named = 0
+    for sec in obj.sections:
+        if sec.is_rela or not sec.name.startswith(CALLBACK_SECTION_PREFIX):
+            continue
+        if sec.size % CALLBACK_ENTRY_SIZE:
+            raise ValueError("%s: %d bytes is not a whole number of %d-byte callback records"
+                             % (sec.name, sec.size, CALLBACK_ENTRY_SIZE))
+        if sec.rela is None:
+            _attach_rela(obj, sec, [])
+        taken = {r.offset for r in sec.rela.relocations}
+        for base in range(0, sec.size, CALLBACK_ENTRY_SIZE):
+            if base + CALLBACK_OBJNAME_OFFSET not in taken:
+                sec.rela.relocations.append(string_ref(base + CALLBACK_OBJNAME_OFFSET, objname))
+                named += 1
+    return named
+
+
 def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
-                               klp_relocs: List[KlpRelocation]) -> Tuple[int, int]:
+                               klp_relocs: List[KlpRelocation], objname: str = "") -> Tuple[int, int]:
     """Append the four ``.kpatch.*`` sections (and their relocations) to ``obj``.
 
+    With ``objname`` (the patched object), the callback records get it as their object.
     Returns (number of funcs, number of klp relocations).  Section symbols of
     the destination sections are created when the engine dropped them.
     """
@@ -255,6 +287,8 @@ def emit_intermediate_sections(obj: ElfObject, funcs: List[PatchedFunc],
     _finish(relocs_sec, data)
     _attach_rela(obj, relocs_sec, relocs)
 
+    if objname:
+        _name_callback_objects(obj, objname, string_ref)
     _finish(str_sec, strings.data)
     return len(funcs), len(klp_relocs)
 

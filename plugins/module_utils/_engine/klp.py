@@ -29,8 +29,10 @@ engine's placeholder relocation against an undefined weak ``.klp.sym.*`` symbol
 and livepatch refuses to relocate a non-zero place); a placeholder relocation with
 no record is an error.  Entries of ``.call_sites`` (objtool's list of direct
 calls, patched at load for call depth tracking) that point at a call whose target
-only livepatch resolves are dropped too: at load time that call still reads
-``call .+0``, and the kernel would warn about, or mis-patch, its missing padding.  The
+only a module object's livepatch relocation resolves are dropped too: at load time
+that call still reads ``call .+0``, and the kernel would warn about, or mis-patch,
+its missing padding.  Calls completed by vmlinux relocations (applied during the
+load, before ``.call_sites`` is read) keep their entries.  The
 ``external`` field is not needed here: the engine already names the exporting
 module as the symbol's object, and the kernel resolves it when that module loads.
 """
@@ -59,6 +61,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import (
+    FUNC_ENTRY,
     KLP_SYM_PREFIX,
     RELOCATION_ENTRY,
     SYMBOL_ENTRY,
@@ -69,6 +72,10 @@ KLP_RELA_PREFIX = ".klp.rela."
 # kernel/livepatch/core.c: sscanf(".klp.sym.%55[^.].%511[^,],%lu") -- MODULE_NAME_LEN / KSYM_NAME_LEN.
 MAX_OBJNAME = 55
 MAX_SYMNAME = 511
+# Before Linux 6.1 KSYM_NAME_LEN was 128: kallsyms holds no longer name and klp_resolve_symbols
+# reads at most 127 characters of one ("%127[^,]"), so a longer name is not found, or a different
+# symbol sharing its first 127 characters is.
+MAX_SYMNAME_BEFORE_6_1 = 127
 # What x86-64 apply_relocate_add() handles (arch/x86/kernel/module.c).
 KERNEL_RELOC_TYPES = {R_X86_64_NONE: "R_X86_64_NONE", R_X86_64_64: "R_X86_64_64", R_X86_64_32: "R_X86_64_32",
                       R_X86_64_32S: "R_X86_64_32S", R_X86_64_PC32: "R_X86_64_PC32",
@@ -76,6 +83,7 @@ KERNEL_RELOC_TYPES = {R_X86_64_NONE: "R_X86_64_NONE", R_X86_64_64: "R_X86_64_64"
 
 _DEST, _OBJNAME, _KSYM = 0, 24, 32  # field offsets in a relocation entry
 _SYM_NAME, _SYM_OBJNAME = 24, 32  # field offsets in a symbol entry
+_FUNC_NAME = 40  # field offset of the name in a .kpatch.funcs entry
 CONSUMED = (".kpatch.relocations", ".kpatch.symbols")
 CALL_SITES = ".call_sites"
 CALL_OPCODE = 0xE8
@@ -180,8 +188,9 @@ class _Builder:
         self.sections: Dict[str, Section] = {}
         self.symtab = next((s for s in obj.sections if s.name == ".symtab"), None)
         self.placeholders = 0
-        # (id(section), offset) of every place a livepatch relocation writes.
-        self.klp_sites: Set[Tuple[int, int]] = set()
+        # (id(section), offset) of every place a livepatch relocation for a *module* object
+        # writes: applied when that module loads, after the patch module's own load-time fix-ups.
+        self.late_sites: Set[Tuple[int, int]] = set()
 
     def symbol(self, target: _Target) -> Symbol:
         name = klp_symbol_name(target.objname, target.name, target.sympos)
@@ -193,9 +202,11 @@ class _Builder:
             raise KlpError("%s: %s is recorded with two different bind/type pairs" % (self.obj.path, name))
         return sym
 
-    def take_placeholder(self, sec: Section, offset: int, rtype: int, addend: int, name: str) -> None:
+    def take_placeholder(self, sec: Section, offset: int, rtype: int, addend: int, name: str,
+                         late: bool = False) -> None:
         """Remove the placeholder relocation twin of a record, after checking it matches."""
-        self.klp_sites.add((id(sec), offset))
+        if late:
+            self.late_sites.add((id(sec), offset))
         twin = None
         if sec.rela is not None:
             twin = next((r for r in sec.rela.relocations if r.offset == offset and _is_placeholder(r.sym)), None)
@@ -249,7 +260,7 @@ def _convert_entries(obj: ElfObject, builder: _Builder) -> int:
         sec = builder.section(objname, dest_sec)
         klp_sym = builder.symbol(target)
         sec.relocations.append(Relocation(dest_off, rtype, klp_sym, addend))
-        builder.take_placeholder(dest_sec, dest_off, rtype, addend, klp_sym.name)
+        builder.take_placeholder(dest_sec, dest_off, rtype, addend, klp_sym.name, late=objname != "vmlinux")
         count += 1
     return count
 
@@ -275,15 +286,19 @@ def _drop_placeholder_symbols(obj: ElfObject) -> None:
 
 
 def _drop_klp_call_sites(obj: ElfObject, builder: "_Builder") -> int:
-    """Drop ``.call_sites`` entries for calls that only a livepatch relocation completes."""
+    """Drop ``.call_sites`` entries for calls that a module object's livepatch relocation completes.
+
+    A vmlinux object's relocations are applied while the patch module loads, before the
+    kernel reads ``.call_sites`` (``module_finalize``, 6.2+ call depth tracking): those calls
+    are complete by then and keep their entries (dropping them only costs RSB stuffing)."""
     sites = obj.find_section(CALL_SITES)
-    if sites is None or sites.rela is None or not builder.klp_sites:
+    if sites is None or sites.rela is None or not builder.late_sites:
         return 0
     kept: List[Relocation] = []
     for rel in sorted(sites.rela.relocations, key=lambda r: r.offset):
         target = rel.sym.section
         insn = (rel.sym.value + rel.addend) if target is not None else -1
-        is_klp_call = (target is not None and (id(target), insn + 1) in builder.klp_sites
+        is_klp_call = (target is not None and (id(target), insn + 1) in builder.late_sites
                        and 0 <= insn < len(target.data) and target.data[insn] == CALL_OPCODE)
         if not is_klp_call:
             kept.append(rel)
@@ -330,8 +345,34 @@ def _modinfo_says_livepatch(obj: ElfObject) -> Optional[bool]:
     return b"livepatch=Y" in records
 
 
-def convert_to_klp(obj: ElfObject) -> KlpResult:
-    """Rewrite ``obj`` in place (see the module docstring); the caller writes it out."""
+def _looked_up_names(obj: ElfObject, builder: "_Builder") -> List[Tuple[str, str]]:
+    """(name, what) of every name the kernel looks up in kallsyms: livepatch symbols and the
+    functions of ``.kpatch.funcs``."""
+    names = []
+    for sym in builder.symbols.values():
+        objname_and_name = sym.name[len(KLP_SYM_PREFIX):].rsplit(",", 1)[0]
+        names.append((objname_and_name.split(".", 1)[1], "livepatch symbol"))
+    funcs, strings = obj.find_section(".kpatch.funcs"), obj.find_section(".kpatch.strings")
+    if funcs is not None and strings is not None:
+        recs = _records(obj, ".kpatch.funcs", FUNC_ENTRY.size)
+        for base in range(0, len(funcs.data), FUNC_ENTRY.size):
+            names.append((_string(obj, recs, base + _FUNC_NAME, strings, "function name"), "patched function"))
+    return names
+
+
+def _check_name_lengths(obj: ElfObject, builder: "_Builder", max_name: int) -> None:
+    for name, what in _looked_up_names(obj, builder):
+        if len(name) > max_name:
+            raise KlpError("%s: %s %s is %d characters long; this kernel's kallsyms and livepatch core read at "
+                           "most %d (KSYM_NAME_LEN before Linux 6.1), so it would not be found at load"
+                           % (obj.path, what, name, len(name), max_name))
+
+
+def convert_to_klp(obj: ElfObject, max_name: int = MAX_SYMNAME) -> KlpResult:
+    """Rewrite ``obj`` in place (see the module docstring); the caller writes it out.
+
+    ``max_name``: the longest symbol name the target kernel resolves (``MAX_SYMNAME_BEFORE_6_1``
+    for kernels before 6.1)."""
     if _modinfo_says_livepatch(obj) is False:
         raise KlpError("%s: .modinfo lacks livepatch=Y (MODULE_INFO(livepatch, \"Y\")): the kernel would "
                        "refuse to enable it as a live patch" % obj.path)
@@ -339,6 +380,7 @@ def convert_to_klp(obj: ElfObject) -> KlpResult:
     if builder.symtab is None:
         raise KlpError("%s: no .symtab section" % obj.path)
     count = _convert_entries(obj, builder)
+    _check_name_lengths(obj, builder, max_name)
     dropped_sites = _drop_klp_call_sites(obj, builder)
     _drop_placeholder_symbols(obj)
     _drop_consumed(obj)
@@ -348,12 +390,12 @@ def convert_to_klp(obj: ElfObject) -> KlpResult:
                      placeholders=builder.placeholders, call_sites_dropped=dropped_sites)
 
 
-def create_klp_module(in_path: str, out_path: str) -> KlpResult:
+def create_klp_module(in_path: str, out_path: str, max_name: int = MAX_SYMNAME) -> KlpResult:
     """Read a linked patch module, convert it, write ``out_path`` atomically."""
     from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
     from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer import write_elf
 
     obj = read_elf(str(in_path))
-    result = convert_to_klp(obj)
+    result = convert_to_klp(obj, max_name)
     write_elf(obj, str(out_path))
     return result

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
-    R_X86_64_32S,
     SHF_ALLOC,
     SHN_UNDEF,
     SHT_PROGBITS,
@@ -39,6 +38,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.bundle import pc_relative_bias
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.funcptr import (
+    original_addresses,
+    takes_function_address,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import (
     KlpRelocation,
     KlpSymbol,
@@ -152,20 +155,6 @@ def _placeholder(placeholders: Dict[KlpSymbol, Symbol], ksym: KlpSymbol) -> Symb
     return sym
 
 
-def _original_addresses(funcs: List[PatchedFunc]) -> Dict[int, KlpSymbol]:
-    """id(replacement) → the running kernel's original, for references taking a changed function's
-    address.  Nested functions (a '.' in the name: their names differ between builds) keep the
-    module's copy, as in kpatch; new functions have no original."""
-    return {id(f.symbol): KlpSymbol(f.old_name or f.symbol.name, f.objname, f.sympos, f.symbol.bind, f.symbol.type)
-            for f in funcs if f.symbol.parent is None and "." not in f.symbol.name}
-
-
-def _takes_function_address(reloc: Relocation) -> bool:
-    """``mov $func, reg`` (how -mcmodel=kernel code passes a callback): the pointer may be stored
-    in a timer, work item or ops table and called after this module is gone."""
-    return reloc.type == R_X86_64_32S and reloc.addend == 0
-
-
 def _klp_relocations(sections: List[Section], resolver: Resolver, originals: Dict[int, KlpSymbol]
                      ) -> Tuple[List[KlpRelocation], Dict[int, str], List[Symbol]]:
     """Record the relocations only livepatch can resolve; retarget them to placeholders in place.
@@ -183,7 +172,7 @@ def _klp_relocations(sections: List[Section], resolver: Resolver, originals: Dic
         kept = []
         for reloc in rela.relocations:
             sym = reloc.sym
-            if id(sym) in originals and _takes_function_address(reloc):
+            if id(sym) in originals and takes_function_address(reloc, rela.base):
                 ksym = originals[id(sym)]
                 moved.append(KlpRelocation(rela.base, reloc.offset, reloc.type, reloc.addend, ksym, False,
                                            resolver.symtab.objname))
@@ -263,7 +252,7 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
                     e_type=patched.e_type, e_machine=patched.e_machine, e_flags=patched.e_flags,
                     sections=sections, symbols=symbols)
     funcs = _resolve_changed_functions(changed, resolver)
-    originals = _original_addresses(funcs)  # with the parent's bind, before localising
+    originals = original_addresses(funcs)  # with the parent's bind, before localising
     _localise_replacements(changed)
     moved, objects, placeholders = _klp_relocations(sections, resolver, originals)
     out.symbols.extend(placeholders)
@@ -274,5 +263,5 @@ def build_output(patched: ElfObject, changed: List[Symbol], resolver: Resolver) 
             sec.rela = None
     _drop_unreferenced_undefined(out)
     _add_modinfo(out, _modinfo_namespaces(patched))
-    emit_intermediate_sections(out, funcs, moved)
+    emit_intermediate_sections(out, funcs, moved, resolver.symtab.objname)
     return OutputResult(out, funcs, moved, objects)

@@ -43,6 +43,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.include i
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import (
     Stride,
     StrideError,
+    relocation_width,
     section_stride,
 )
 
@@ -77,6 +78,30 @@ SPECIAL_SECTIONS: Dict[str, object] = {
     "__mcount_loc": _PTR,
     ".printk_index": _PTR,
 }
+# objtool's annotations (include/linux/objtool.h, instrumentation.h, nospec-branch.h): lists of
+# instructions or functions objtool treats specially.  The final link discards them; they matter
+# where objtool reads the object again -- on the linked patch module of IBT kernels, which it
+# gives fresh ORC data and site lists: without its unwind hints the ORC data of a hinted function
+# would be wrong (stack traces the livepatch consistency model trusts), without the others
+# objtool warns or gives up.
+_UNWIND_HINT = 12   # struct unwind_hint: s32 ip, s16 sp_offset, u8 sp_reg, type, signal; .balign 4
+# A list of one address per entry, spelled ``.long 1b``, ``.long 1b - .`` or ``.quad 1b`` depending
+# on the list and the kernel version (6.1's noendbr and retpoline_safe are pointers, 6.12's are
+# not): an entry is as wide as its relocation.
+_ADDRESS_LIST = "address list"
+OBJTOOL_ANNOTATIONS: Dict[str, object] = {
+    ".discard.unwind_hints": _UNWIND_HINT,
+    ".discard.reachable": _ADDRESS_LIST,
+    ".discard.unreachable": _ADDRESS_LIST,
+    ".discard.retpoline_safe": _ADDRESS_LIST,
+    ".discard.noendbr": _ADDRESS_LIST,
+    ".discard.instr_begin": _ADDRESS_LIST,
+    ".discard.instr_end": _ADDRESS_LIST,
+    ".discard.intra_function_calls": _ADDRESS_LIST,
+    ".discard.validate_unret": _ADDRESS_LIST,
+    ".discard.func_stack_frame_non_standard": _ADDRESS_LIST,
+}
+SPECIAL_SECTIONS.update(OBJTOOL_ANNOTATIONS)
 # Entries whose key must be resolvable at load time.  The key is found among the entry's
 # relocations (the one not pointing into code), never at an assumed offset: struct layouts differ
 # between architectures and kernel versions.
@@ -115,6 +140,7 @@ class SpecialResult:
     kept: Dict[str, int] = field(default_factory=dict)      # section → entries kept
     dropped: Dict[str, int] = field(default_factory=dict)   # section → entries dropped
     keys: List[KeptKey] = field(default_factory=list)
+    sizes: Dict[str, int] = field(default_factory=dict)     # section → entry size
 
 
 def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]:
@@ -122,6 +148,8 @@ def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]
     kind = SPECIAL_SECTIONS[name]
     if isinstance(kind, int):
         return kind, "element size"
+    if kind == _ADDRESS_LIST:
+        return _S32, "address list"
     struct, var = STRUCT_KEYS[kind]
     if kind not in struct_sizes:
         raise SpecialSectionError("section %s is present but the size of struct %s is unknown: pass "
@@ -133,6 +161,8 @@ def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]
 def entry_stride(name: str, sec: Section, struct_sizes: Mapping[str, int]) -> Stride:
     """How ``sec`` is cut into entries (see ``stride.py``)."""
     size, what = declared_size(name, struct_sizes)
+    if SPECIAL_SECTIONS[name] == _ADDRESS_LIST and sec.rela is not None and sec.rela.relocations:
+        size, what = relocation_width(sec.rela.relocations[0].type), "address list, its relocations' width"
     try:
         return section_stride(sec, size, what)
     except StrideError as exc:
@@ -230,15 +260,35 @@ def _regenerate(name: str, sec: Section, stride: Stride, included: Dict[str, Sym
             func = _entry_function(relocs)
         if func is None:
             continue
+        if name in KEYED_SECTIONS:   # at the offset the entry gets in the rebuilt section
+            result.keys.extend(KeptKey(name, func.name, len(keep) * size, key) for key in _entry_keys(name, relocs))
         keep.append(offset)
-        if name in KEYED_SECTIONS:
-            result.keys.extend(KeptKey(name, func.name, offset, key) for key in _entry_keys(name, relocs))
+    result.sizes[name] = size
     result.kept[name] = len(keep)
     result.dropped[name] = stride.count - len(keep)
     _rebuild(sec, keep, size, groups)
     if keep:
         inc.include_section(sec)
     return keep
+
+
+def drop_entries(obj: ElfObject, result: SpecialResult, drop: List[KeptKey]) -> None:
+    """Remove the kept entries ``drop`` (of keyed sections) from their rebuilt sections."""
+    for name in sorted({k.section for k in drop}):
+        sec = obj.find_section(name)
+        size = result.sizes[name]
+        gone = {k.offset for k in drop if k.section == name}
+        keep = [off for off in range(0, sec.size, size) if off not in gone]
+        moved = {old: i * size for i, old in enumerate(keep)}
+        _rebuild(sec, keep, size, _group_relocations(sec, size))
+        result.kept[name] = len(keep)
+        result.dropped[name] = result.dropped.get(name, 0) + len(gone)
+        result.keys = [k if k.section != name else KeptKey(k.section, k.function, moved[k.offset], k.key)
+                       for k in result.keys if k.section != name or k.offset not in gone]
+        if not keep:
+            sec.include = False
+            if sec.rela is not None:
+                sec.rela.include = False
 
 
 def _regenerate_orc(obj: ElfObject, ip_keep: List[int], struct_sizes: Mapping[str, int],

@@ -96,7 +96,7 @@ def run_engine(req: BuildRequest, pairs: Dict[str, str], orig_dir: Path, patched
                           f"new {' '.join(result.new_functions) or '-'}")
         if result.has_changes:
             diffs.append(ObjectDiff(obj, parent, result.changed_functions, result.new_functions,
-                                    result.klp_relocations, result.timings))
+                                    result.klp_relocations, result.timings, result.inert_sites))
     if not diffs:
         raise NoChangesError(f"the patch {' '.join(str(p) for p in req.patches)} changes no function in "
                              f"{', '.join(sorted(pairs))}: nothing to live patch")

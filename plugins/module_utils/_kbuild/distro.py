@@ -164,6 +164,20 @@ def check_relocation_model(release: str, rpm: bool) -> None:
                           "so a patch module's jump labels and alternatives would run unrelocated (update the kernel)")
 
 
+# KSYM_NAME_LEN grew from 128 to 512 in Linux 6.1 (_engine/klp.py checks names against it).
+LONG_SYMBOL_NAMES_FROM = (6, 1)
+
+
+def max_symbol_name(release: str) -> int:
+    """The longest symbol name the kernel ``release`` resolves for a livepatch."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.klp import (
+        MAX_SYMNAME,
+        MAX_SYMNAME_BEFORE_6_1,
+    )
+    series = tuple(int(x) for x in upstream_series(release).split("."))
+    return MAX_SYMNAME if series >= LONG_SYMBOL_NAMES_FROM else MAX_SYMNAME_BEFORE_6_1
+
+
 def _pin(package: str, package_version: Optional[str]) -> str:
     return f"{package}={package_version}" if package_version else package
 

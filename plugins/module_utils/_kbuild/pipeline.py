@@ -42,6 +42,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing i
     plain_module,
     run_engine,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import max_symbol_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
@@ -206,7 +207,7 @@ def link_module(build: Build) -> None:
                                 replace=req.replace, jobs=req.jobs, kmod_dir=req.kmod_dir)
     build.klp_ko = build.work / f"{req.module_name}.ko"
     with log.step("create-klp-module") as res:
-        conv = create_klp_module(str(linked), str(build.klp_ko))
+        conv = create_klp_module(str(linked), str(build.klp_ko), max_symbol_name(req.release))
         res.detail = (f"{conv.relocations} livepatch relocations, {conv.symbols} symbols, sections "
                       f"{' '.join(conv.sections) or '-'}; {conv.placeholders} placeholders removed, "
                       f"{conv.call_sites_dropped} call sites dropped")

@@ -46,6 +46,8 @@ class ObjectDiff:
     new_functions: List[str] = field(default_factory=list)
     klp_relocations: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
+    # module-keyed tracepoint / dynamic-debug sites left inert while patched (_engine/modkeys.py)
+    inert_sites: List[str] = field(default_factory=list)
 
 
 @dataclass
