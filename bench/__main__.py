@@ -1,7 +1,7 @@
 """`make bench` / `python -m bench [NAME ...]`: the benchmarks, one after the other, each as its own process.
 
 Default: elf, engine, cdo_ratio and build (the fast ones; each prints figures measured in this run).
-`fleet` (boots Debian VMs, minutes) runs only when named. Extra arguments after `--` go to every
+`fleet` and `soak` (boot Debian VMs, minutes) run only when named. Extra arguments after `--` go to every
 named benchmark, e.g. `python -m bench build -- --full-build`.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = ("elf", "engine", "cdo_ratio", "build")
-KNOWN = DEFAULT + ("fleet",)
+KNOWN = DEFAULT + ("fleet", "soak")
 
 
 def main(argv: list) -> int:

@@ -17,6 +17,7 @@ __metaclass__ = type
 
 import hashlib
 import os
+import shlex
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
@@ -38,14 +39,13 @@ def _sha256(path):
 class ActionModule(ActionBase):
     TRANSFERS_FILES = True
 
-    def _remote_sha256(self, path, task_vars):
-        res = self._execute_module(module_name="ansible.legacy.stat", task_vars=task_vars,
-                                   module_args=dict(path=path, get_checksum=True,
-                                                    checksum_algorithm="sha256"))
-        if res.get("failed"):
-            raise AnsibleActionFail("stat %s on the host failed: %s" % (path, res.get("msg")))
-        stat = res.get("stat", {})
-        return stat.get("checksum") if stat.get("exists") else None
+    # Both host-side steps are one shell command each, not a Python module run: on a slow or
+    # emulated host a module run costs seconds, and the kpatch module itself is the one run needed.
+    def _remote_sha256(self, path):
+        """The staged file's sha256 (sha256sum), or None when the host does not have it."""
+        res = self._low_level_execute_command("sha256sum %s 2>/dev/null || true" % shlex.quote(path))
+        words = to_text(res.get("stdout", "")).split()
+        return words[0] if words and len(words[0]) == 64 else None
 
     def _send(self, local, staged):
         """Transfer the file into the remote temporary directory; returns its remote path."""
@@ -55,15 +55,21 @@ class ActionModule(ActionBase):
         self._fixup_perms2((self._connection._shell.tmpdir, tmp_src))
         return tmp_src
 
-    def _keep(self, tmp_src, staged, task_vars):
-        """Move an accepted file into the staging cache so that later runs skip the transfer."""
-        res = self._execute_module(module_name="ansible.legacy.copy", task_vars=task_vars,
-                                   module_args=dict(src=tmp_src, dest=os.path.dirname(staged) + "/",
-                                                    _original_basename=os.path.basename(staged),
-                                                    remote_src=True, mode="0600",
-                                                    directory_mode="0700"))
-        if res.get("failed"):
-            raise AnsibleActionFail("cannot keep %s in %s: %s" % (tmp_src, staged, res.get("msg")))
+    def _keep(self, tmp_src, staged):
+        """Keep an accepted file in the staging cache so that later runs skip the transfer.
+
+        Copied beside its final name and renamed: a staged file is whole or absent (and a later
+        run checks its sha256 before using it anyway).
+        """
+        directory = os.path.dirname(staged)
+        part = os.path.join(directory, ".%s.part" % os.path.basename(staged))
+        res = self._low_level_execute_command(
+            "mkdir -p -m 0700 {d} && cp {src} {part} && chmod 0600 {part} && mv -f {part} {dest}".format(
+                d=shlex.quote(directory), src=shlex.quote(tmp_src), part=shlex.quote(part),
+                dest=shlex.quote(staged)))
+        if res.get("rc") != 0:
+            raise AnsibleActionFail("cannot keep %s in %s: %s" % (tmp_src, staged,
+                                                                  to_text(res.get("stderr", "")).strip()))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -79,7 +85,7 @@ class ActionModule(ActionBase):
                 digest = _sha256(local)
                 staged = "%s/.staging/%s.ko" % (args.get("install_dir") or DEFAULT_INSTALL_DIR,
                                                 digest)
-                if self._remote_sha256(staged, task_vars) == digest:
+                if self._remote_sha256(staged) == digest:
                     args.update(src=staged, remote_src=True)
                 else:
                     # Not cached: the module checks the copy in the temporary directory first,
@@ -95,7 +101,7 @@ class ActionModule(ActionBase):
                     send, "%s (sent as %s)" % (self._task.args["src"], os.path.basename(send)))
             result.update(module_result)
             if send and not module_result.get("failed") and not self._task.check_mode:
-                self._keep(send, result["staged"], task_vars)
+                self._keep(send, result["staged"])
         except AnsibleActionFail as exc:
             result.update(failed=True, msg=to_text(exc))
         finally:

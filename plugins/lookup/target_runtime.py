@@ -36,6 +36,15 @@ options:
     description: Controller directory that keeps the archives, one file per content.
     type: path
     default: ~/.cache/kpatch-livepatch
+  format:
+    description:
+      - V(path) returns the archive's path on the controller (for C(ansible.builtin.copy)).
+      - V(base64) returns its bytes base64-encoded, for a role that writes it with one shell
+        command (C(ansible.builtin.raw)) instead of the copy module's Python runs on the host.
+    type: str
+    choices: [path, base64]
+    default: path
+    version_added: 0.3.0
 """
 
 EXAMPLES = r"""
@@ -48,11 +57,12 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _raw:
-  description: The path of the archive on the controller (one element).
+  description: The path of the archive on the controller, or its base64 text (one element).
   type: list
   elements: path
 """
 
+import base64
 import hashlib
 import io
 import os
@@ -134,6 +144,9 @@ class LookupModule(LookupBase):
         self.set_options(var_options=variables, direct=kwargs)
         cache_dir = os.path.expanduser(self.get_option("cache_dir"))
         try:
-            return [publish(archive_bytes(runtime_sources()), cache_dir)]
+            data = archive_bytes(runtime_sources())
+            if self.get_option("format") == "base64":
+                return [base64.b64encode(data).decode("ascii")]
+            return [publish(data, cache_dir)]
         except OSError as exc:
             raise AnsibleLookupError("cannot write the target runtime archive under %s: %s" % (cache_dir, exc))

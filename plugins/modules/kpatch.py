@@ -191,6 +191,15 @@ undone:
   type: list
   elements: str
   sample: ["/var/lib/kpatch/6.1.0-50-cloud-amd64/livepatch_stall.ko"]
+leftovers_removed:
+  description:
+    - Temporary and kept-aside files of an install that a killed run left under O(install_dir)
+      (C(<name>.ko.tmp.<pid>), C(<name>.ko.prev.<pid>)), removed by this run while it held the host
+      lock.  The boot service never loads them; an installed C(.ko) is always whole (atomic rename).
+  returned: when not in check mode
+  type: list
+  elements: str
+  sample: ["/var/lib/kpatch/6.1.0-50-cloud-amd64/livepatch_sample.ko.tmp.4242"]
 replaced:
   description: Patches an atomic-replace load retired (and whose modules were removed).
   returned: always
@@ -262,8 +271,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.facts import (
     gather_host_state, gather_info, running_release)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
-    HostLock, InstallJournal, LoaderError, check_release, installed_path, load_module, reference_vermagic,
-    remove_file, rmmod, unload_module, validate_module, wait_for_transition)
+    HostLock, InstallJournal, LoaderError, check_release, finish_enable, installed_path, load_module,
+    reference_vermagic, remove_file, rmmod, unload_module, validate_module)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.leftovers import remove_leftovers
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.metrics import (
     check_metrics_path, write_metrics)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
@@ -361,15 +371,14 @@ def _execute_steps(steps, params, outcome, journal):
 
 
 def _settle_running_enable(host, name, params, outcome):
-    """state=loaded on a patch still enabling (e.g. by the boot service): wait for it."""
+    """A patch still enabling (the boot service, or a run killed in its wait): see it through.
+
+    Stalled, it is reversed (or forced) like a load of this task, so the host is not left in a
+    transition nobody waits for.
+    """
     patch = host.patches.get(name)
     if patch is not None and patch.enabled and patch.transition:
-        waited = wait_for_transition(name, params["timeout"])
-        outcome["transition_seconds"] += waited.waited
-        if not waited.complete:
-            raise TaskFailure("%s is loaded but its transition did not finish within %ss"
-                              % (name, params["timeout"]),
-                              stalled_tasks=[t.as_dict() for t in waited.stalled])
+        outcome["transition_seconds"] += finish_enable(name, params["timeout"], params["force"]).waited
 
 
 def run(module):
@@ -394,6 +403,9 @@ def run(module):
                    reverted=False, forced=False, transition_seconds=0.0)
     lock_wait = params["timeout"] * 4 + 30
     with HostLock(timeout=lock_wait) if not module.check_mode else _NoLock():
+        if not module.check_mode:
+            # Holding the lock, any install temporary belongs to a run that was killed.
+            outcome["leftovers_removed"] = remove_leftovers(params["install_dir"])
         host = gather_host_state(params["install_dir"])
         if source is None:
             _check_installed_file(host, name, params, release)

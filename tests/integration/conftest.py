@@ -40,6 +40,7 @@ def pytest_terminal_summary(terminalreporter):
 # `make test-full` (marker `slow`), while `make test` (CI) keeps every other acceptance test.
 SLOW_TESTS = (
     "test_fleet.py::",  # three full VMs, a reboot and rollback
+    "test_fleet_faults.py::",  # two full VMs, concurrent applies, a power cut, a reboot into 6.12
     "test_kbuild_tree.py::",  # cold prepare of the 6.1 tree in a fresh directory
     "test_kbuild_tree_6_12.py::",  # cold prepare of the 6.12 tree
     "test_target_kpatch.py::test_role_installs_runtime_idempotently",

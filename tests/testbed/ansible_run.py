@@ -73,10 +73,11 @@ def run_module(module: str, args: Dict[str, object], hosts: str = "localhost",
 
 
 def run_playbook(playbook: Path, inventory: Path, extra_vars: Optional[Dict[str, object]] = None,
-                 args: Sequence[str] = (), timeout: float = 1800) -> subprocess.CompletedProcess:
+                 args: Sequence[str] = (), timeout: float = 1800,
+                 env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     cmd += list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), cwd=REPO, timeout=timeout,
+    return subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), cwd=REPO, timeout=timeout,
                           check=False)

@@ -145,10 +145,12 @@ class Fleet:
         }
 
     def play(self, playbook: str, extra: Optional[Dict[str, object]] = None,
-             args: Sequence[str] = (), timeout: float = 2400) -> PlaybookRun:
+             args: Sequence[str] = (), timeout: float = 2400,
+             env: Optional[Dict[str, str]] = None) -> PlaybookRun:
+        """Run ``playbook`` against the fleet; ``env`` is added to Ansible's environment."""
         variables = dict(self.base_vars(), **(extra or {}))
         start = time.monotonic()
-        proc = run_playbook(PLAYBOOKS / playbook, self.inventory, variables, args=args, timeout=timeout)
+        proc = run_playbook(PLAYBOOKS / playbook, self.inventory, variables, args=args, timeout=timeout, env=env)
         seconds = time.monotonic() - start
         output = proc.stdout + proc.stderr
         (self.workdir / "logs").mkdir(exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,25 @@ def test_not_a_runtime_directory_is_refused(tmp_path: Path) -> None:
         runtime_sources(str(tmp_path))
     with pytest.raises(AnsibleLookupError, match="not readable"):
         runtime_sources(str(tmp_path / "missing"))
+
+
+def test_base64_format_is_the_archive_the_role_writes_with_one_shell_command(tmp_path: Path) -> None:
+    """format=base64 through Ansible, decoded by base64(1) as on the host: the published archive's bytes."""
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "b64.txt"
+    play = tmp_path / "play.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.copy:\n"
+        f"        content: \"{{{{ lookup('kpatch.livepatch.target_runtime', format='base64', cache_dir='{tmp_path}') }}}}\"\n"
+        f"        dest: {out}\n        mode: '0644'\n")
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", f"ansible_python_interpreter={sys.executable}", str(play)],
+                          cwd=repo, capture_output=True, text=True, check=False, timeout=300,
+                          env={**os.environ, "ANSIBLE_CONFIG": str(repo / "ansible.cfg")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = out.read_text()
+    decoded = subprocess.run(["base64", "-d"], input=text.encode(), capture_output=True, check=True).stdout
+    assert decoded == archive_bytes(runtime_sources())
+    # Sent as one argument of the shell command: well under the kernel's 128 KiB per argument.
+    assert len(text) < 96 * 1024, len(text)

@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .facts import gather_host_state, gather_info
+from .leftovers import remove_leftovers
 from .loader import (DEFAULT_INSTALL_DIR, HostLock, LoaderError, load_module, reference_vermagic,
                      validate_module)
 from .metrics import check_metrics_path, write_metrics
@@ -97,7 +98,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(args.cmdline, "r", encoding="utf-8") as handle:
         cmdline = handle.read()
     with HostLock(timeout=args.timeout * 4):
-        lines = boot_load(args.install_dir, args.timeout, cmdline)
+        # Files of an install killed mid-way (never loaded: they are not *.ko), cleared under the lock.
+        lines = [f"removed {path}, left by an interrupted install" for path in remove_leftovers(args.install_dir)]
+        lines += boot_load(args.install_dir, args.timeout, cmdline)
     for line in lines:
         sys.stdout.write(f"kpatch: {line}\n")
     if args.metrics_file:

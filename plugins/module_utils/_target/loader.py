@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from .leftovers import aside_path, temp_path
 from .modinfo import ModInfo, ModinfoError, is_module_name, read_modinfo, sha256_of
 from .stalled import StalledTask, find_stalled_tasks, nudge_user_tasks
 from .sysfs import (LIVEPATCH_ROOT, SysfsError, disable_patch, force_transition, list_patches,
@@ -284,6 +285,19 @@ def load_module(path: str, name: str, timeout: float, force: bool = False,
     return result
 
 
+def finish_enable(name: str, timeout: float, force: bool = False,
+                  root: str = LIVEPATCH_ROOT) -> TransitionOutcome:
+    """A patch found mid-enable (a run killed in its wait, or the boot service): see it through.
+
+    Stalled past ``timeout``, it is forced or reversed exactly like a load of ours would be,
+    so no run leaves a host in a transition that nobody waits for.
+    """
+    outcome = wait_for_transition(name, timeout, root=root)
+    if not outcome.complete:
+        _handle_stall(name, outcome, force, timeout, root, "load")
+    return outcome
+
+
 def retire_replaced(previous: set, root: str = LIVEPATCH_ROOT) -> List[str]:
     """Patches that an atomic-replace load retired: their sysfs entries are gone; rmmod them."""
     replaced = []
@@ -369,7 +383,7 @@ class InstallJournal:
     def install(self, src: str, dest: str) -> None:
         backup = None
         if os.path.exists(dest):
-            backup = f"{dest}.prev.{os.getpid()}"
+            backup = aside_path(dest)
             try:
                 if os.path.lexists(backup):
                     os.unlink(backup)
@@ -425,7 +439,7 @@ def install_file(src: str, dest: str) -> None:
     A failure (no space, read-only file system) leaves ``dest`` as it was and raises LoaderError
     naming the directory and the reason.
     """
-    tmp = f"{dest}.tmp.{os.getpid()}"
+    tmp = temp_path(dest)
     try:
         os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
         shutil.copyfile(src, tmp)

@@ -70,11 +70,19 @@ class LivePatch:
 
 
 def _read(path: str) -> Optional[str]:
+    """The attribute's text, or None when it is gone.
+
+    A patch freed between our open and our read makes the read fail with ENODEV (the kernfs
+    node is removed under an open file): found by the enable/disable soak, and as much "gone"
+    as ENOENT.
+    """
     try:
         with open(path, "r", encoding="utf-8", errors="replace") as handle:
             return handle.read().strip()
-    except FileNotFoundError:
-        return None
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return None
+        raise
 
 
 def _read_bool(path: str) -> Optional[bool]:
@@ -106,8 +114,10 @@ def read_patch(name: str, root: str = LIVEPATCH_ROOT) -> Optional[LivePatch]:
         transition = _read_bool(os.path.join(base, "transition"))
         objects = [_read_object(os.path.join(base, e), e) for e in entries
                    if os.path.isdir(os.path.join(base, e))]
-    except FileNotFoundError:
-        return None  # freed while we looked: a finished disable
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return None  # freed while we looked: a finished disable
+        raise
     if enabled is None:
         return None
     return LivePatch(name=name, enabled=enabled, transition=bool(transition),
