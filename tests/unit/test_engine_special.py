@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import PatchRejected
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import (
     SpecialSectionError,
@@ -169,3 +170,45 @@ def test_printk_index_entry_size_is_checked(tmp_path):
     with pytest.raises(PatchRejected) as info:
         run_engine(case, struct_sizes=dict(TEST_STRUCT_SIZES, PRINTK_INDEX=40))
     assert "struct pi_entry is 40 bytes (PRINTK_INDEX_STRUCT_SIZE)" in str(info.value)
+
+
+# Linux 7.x x86-64 WARN(): the code loads its own __bug_table entry's address (lea 2f(%rip)) and
+# passes it to __WARN_trap; the entry's bug_addr is the instruction after the lea.
+WARN_ENTRY = r"""
+extern void warn_trap(void *bug);
+#define WARN_ENTRY() ({ void *bug; asm volatile("lea (2f)(%%rip), %0\n1:\n" \
+        ".pushsection __bug_table,\"aw\"\n2: .long 1b - 2b\n.long %c1 - 2b\n.word %c2\n.word 0\n" \
+        ".org 2b+12\n.popsection" : "=r"(bug) : "i"(__FILE__), "i"(__LINE__)); bug; })
+int first(int x)
+{
+    if (x == 13)
+        warn_trap(WARN_ENTRY());
+    return x + 1;
+}
+int second(int x)
+{
+    if (x == 17)
+        warn_trap(WARN_ENTRY());
+    return x + 2;
+}
+"""
+
+
+def test_code_that_loads_its_bug_entry_follows_the_entry_to_its_new_place(tmp_path):
+    case = make_case(tmp_path, WARN_ENTRY, WARN_ENTRY.replace("x + 2;", "x + 200;"),
+                     exports=("__fentry__", "warn_trap"))
+    orig_refs = [r for r in case_relocations(case.orig, ".text.second") if r.sym.name == "__bug_table"]
+    assert [r.addend + 4 for r in orig_refs] == [12], "second's entry is the table's second in the original"
+    run_engine(case)
+    assert case.result.changed_functions == ["second"]
+    assert case.sections()["__bug_table"].size == 12
+    refs = [r for r in case.relocations(".text.second") if r.sym.type == 3 and r.sym.section is not None
+            and r.sym.section.name == "__bug_table"]
+    assert [r.addend + 4 for r in refs] == [0], "the lea must point at the one kept entry"
+    # ... and that entry describes second (its bug_addr relocation)
+    assert [(r.offset, r.sym.name) for r in case.relocations("__bug_table") if r.sym.type == 2] == [(0, "second")]
+
+
+def case_relocations(path, section):
+    sec = read_elf(str(path)).section_by_name()[section]
+    return sec.rela.relocations if sec.rela is not None else []
