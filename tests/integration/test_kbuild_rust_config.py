@@ -52,7 +52,7 @@ def config_settings(text: str) -> Dict[str, str]:
 
 def with_settings(autoconf: str, settings: Dict[str, str]) -> str:
     """``autoconf.h`` text with ``settings`` (symbol -> Kconfig value) written as Kconfig writes them."""
-    names = {name for name in settings} | {f"{name}_MODULE" for name in settings}
+    names = set(settings) | {f"{name}_MODULE" for name in settings}
     kept = [line for line in autoconf.splitlines() if not (line.startswith("#define ") and line.split()[1] in names)]
     for name, value in sorted(settings.items()):
         if value == "y":
@@ -101,6 +101,32 @@ def corpus_objects(release: str) -> List[str]:
     return sorted(s[:-2] + ".o" for s in sources)
 
 
+def rust_dependent(tree, toolchain, objects: List[str], rust: Dict[str, str], work: Path) -> List[str]:
+    """The objects whose preprocessed source differs with ``rust``'s settings in ``autoconf.h``."""
+    missing = [o for o in objects if not (tree.root / Path(o).parent / f".{Path(o).name}.cmd").is_file()]
+    if missing:
+        # The corpus builds' flags, so that their next build finds these objects up to date.
+        build_objects(tree, missing, f"{FUNCTION_SECTIONS} -I{patch_include_dir(build_cache())}",
+                      build_cache() / "rust-config" / R72)
+    alt = work / "rust-on"
+    (alt / "generated").mkdir(parents=True)
+    autoconf = (tree.root / "include" / "generated" / "autoconf.h").read_text()
+    (alt / "generated" / "autoconf.h").write_text(with_settings(autoconf, rust))
+    off = work / "rust-off"  # empty: the tree's own autoconf.h is found
+    off.mkdir()
+
+    def preprocessed(obj: str, include_first: Path) -> bytes:
+        out = work / f"{obj.replace('/', '_')}.{include_first.name}.i"
+        argv = preprocess_argv(tree.root, obj, out, include_first)
+        if toolchain.root is not None:
+            argv = toolchain.root.wrap(argv, tree.root, [tree.root, work])
+        proc = subprocess.run(argv, cwd=tree.root, capture_output=True, text=True, check=False, timeout=300)
+        assert proc.returncode == 0, f"{obj}: {proc.stderr[-2000:]}"
+        return out.read_bytes()
+
+    return [o for o in objects if preprocessed(o, off) != preprocessed(o, alt)]
+
+
 def test_rust_off_in_the_tree_changes_no_corpus_object(kernel_7_2, tmp_path):
     distro = config_settings(Path(kernel_7_2.config).read_text())
     assert distro.get("CONFIG_RUST") == "y", "the 7.2 config no longer enables Rust: this test has nothing to prove"
@@ -108,36 +134,14 @@ def test_rust_off_in_the_tree_changes_no_corpus_object(kernel_7_2, tmp_path):
     assert distro.get("CONFIG_CFI", "n") == "n" and distro.get("CONFIG_MODVERSIONS", "n") == "n"
     objects = corpus_objects(R72)
     assert len(objects) >= 20, objects
-    # The tree lock: corpus builds apply their patches to this tree's sources while they run.
-    with release_tree(kernel_7_2, "rust-config") as (tree, toolchain), tree_lock(tree.state_dir):
-        final = config_settings((tree.root / ".config").read_text())
-        rust = {k: v for k, v in distro.items() if RUST_SYMBOL.match(k) and final.get(k, "n") != v}
-        assert rust.get("CONFIG_RUST") == "y" and final.get("CONFIG_RUST", "n") == "n", rust
-        missing = [o for o in objects + [CONTROL[:-2] + ".o"]
-                   if not (tree.root / Path(o).parent / f".{Path(o).name}.cmd").is_file()]
-        if missing:
-            # The corpus builds' flags, so that their next build finds these objects up to date.
-            build_objects(tree, missing, f"{FUNCTION_SECTIONS} -I{patch_include_dir(build_cache())}",
-                          build_cache() / "rust-config" / R72)
-        work = tmp_path
-        alt = work / "include" / "generated"
-        alt.mkdir(parents=True, exist_ok=True)
-        autoconf = (tree.root / "include" / "generated" / "autoconf.h").read_text()
-        (alt / "autoconf.h").write_text(with_settings(autoconf, rust))
-        empty = work / "empty-include"
-        empty.mkdir(exist_ok=True)
-
-        def preprocessed(obj: str, include_first: Path, label: str) -> bytes:
-            out = work / f"{obj.replace('/', '_')}.{label}.i"
-            argv = preprocess_argv(tree.root, obj, out, include_first)
-            if toolchain.root is not None:
-                argv = toolchain.root.wrap(argv, tree.root, [tree.root, work])
-            proc = subprocess.run(argv, cwd=tree.root, capture_output=True, text=True, check=False, timeout=300)
-            assert proc.returncode == 0, f"{obj}: {proc.stderr[-2000:]}"
-            return out.read_bytes()
-
-        control = CONTROL[:-2] + ".o"
-        assert preprocessed(control, empty, "off") != preprocessed(control, alt.parent, "on"), \
-            f"{CONTROL} tests IS_ENABLED(CONFIG_RUST): the Rust autoconf.h did not reach the compiler"
-        differing = [o for o in objects if preprocessed(o, empty, "off") != preprocessed(o, alt.parent, "on")]
-    assert differing == [], f"objects whose preprocessed source depends on the Rust settings: {differing}"
+    control = CONTROL[:-2] + ".o"
+    with release_tree(kernel_7_2, "rust-config") as (tree, toolchain):
+        # The tree lock: corpus builds apply their patches to this tree's sources while they run.
+        with tree_lock(tree.state_dir):
+            final = config_settings((tree.root / ".config").read_text())
+            rust = {k: v for k, v in distro.items() if RUST_SYMBOL.match(k) and final.get(k, "n") != v}
+            assert rust.get("CONFIG_RUST") == "y" and final.get("CONFIG_RUST", "n") == "n", rust
+            differing = rust_dependent(tree, toolchain, [control, *objects], rust, tmp_path)
+    assert differing[:1] == [control], \
+        f"{CONTROL} tests IS_ENABLED(CONFIG_RUST): the Rust autoconf.h did not reach the compiler"
+    assert differing[1:] == [], f"objects whose preprocessed source depends on the Rust settings: {differing[1:]}"
