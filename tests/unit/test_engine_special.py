@@ -212,3 +212,42 @@ def test_code_that_loads_its_bug_entry_follows_the_entry_to_its_new_place(tmp_pa
 def case_relocations(path, section):
     sec = read_elf(str(path)).section_by_name()[section]
     return sec.rela.relocations if sec.rela is not None else []
+
+
+# The same with the format string in the entry, as 7.x's WARN(cond, fmt, ...) keeps it.
+WARN_FORMAT = r"""
+extern void warn_trap(void *bug);
+#define WARN_FMT(fmt) ({ void *bug; asm volatile("lea (2f)(%%rip), %0\n1:\n" \
+        ".pushsection __bug_table,\"aw\"\n2: .long 1b - 2b\n.long %c1 - 2b\n.word 7\n.word 0\n" \
+        ".org 2b+12\n.popsection" : "=r"(bug) : "i"(fmt)); bug; })
+int first(int x)
+{
+    if (x == 13)
+        warn_trap(WARN_FMT("first %d"));
+    return x + 1;
+}
+int second(int x)
+{
+    if (x == 17)
+        warn_trap(WARN_FMT("second %d"));
+    return x + 2;
+}
+"""
+
+
+def test_a_changed_format_string_in_the_bug_entry_changes_the_function(tmp_path):
+    case = make_case(tmp_path, WARN_FORMAT, WARN_FORMAT.replace('"second %d"', '"SECOND %d"'),
+                     exports=("__fentry__", "warn_trap"))
+    run_engine(case)
+    assert case.result.changed_functions == ["second"]
+
+
+def test_a_bug_entry_that_only_moved_is_no_change(tmp_path):
+    # first gains a second WARN: second's code and entry are the same, at another table offset.
+    extra = WARN_FORMAT.replace("    return x + 1;", "    if (x == 14)\n        warn_trap(WARN_FMT(\"again %d\"));\n"
+                                "    return x + 1;")
+    case = make_case(tmp_path, WARN_FORMAT, extra, exports=("__fentry__", "warn_trap"))
+    moved = [r.addend for r in case_relocations(case.patched, ".text.second") if r.sym.name == "__bug_table"]
+    assert moved == [24 - 4], "second's entry must have moved to the third place"
+    run_engine(case)
+    assert case.result.changed_functions == ["first"]

@@ -248,7 +248,7 @@ def _regenerate(name: str, sec: Section, stride: Stride, included: Dict[str, Sym
     return keep
 
 
-def _entry_referenced(reloc: Relocation, in_text: bool, size: int) -> Optional[int]:
+def entry_referenced(reloc: Relocation, in_text: bool, size: int) -> Optional[int]:
     """Offset of the table entry a reference designates (its start); None when it is ambiguous.
 
     A PC-relative field in code is followed by 0-4 more bytes of its instruction, so it designates
@@ -275,7 +275,7 @@ def _follow_moved_entries(obj: ElfObject, sec: Section, keep: List[int], size: i
         for reloc in rela.relocations:
             if reloc.sym.type != STT_SECTION or reloc.sym.section is not sec:
                 continue
-            old = _entry_referenced(reloc, rela.base.is_text, size)
+            old = entry_referenced(reloc, rela.base.is_text, size)
             if old is not None and old in moved:
                 reloc.addend += moved[old] - old
             elif rela.base.include:
