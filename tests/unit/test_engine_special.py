@@ -251,3 +251,38 @@ def test_a_bug_entry_that_only_moved_is_no_change(tmp_path):
     assert moved == [24 - 4], "second's entry must have moved to the third place"
     run_engine(case)
     assert case.result.changed_functions == ["first"]
+
+
+# UBSAN (Debian's 7.2 config: CONFIG_UBSAN_BOUNDS) numbers its per-check data .Lubsan_dataN in
+# the order of the object; a check added to an earlier function renumbers the later ones.
+UBSAN = r"""
+int table[8];
+int first(int i)
+{
+    return table[i] + 1;
+}
+int second(int i)
+{
+    return table[i] + 2;
+}
+"""
+
+
+def test_renumbered_ubsan_data_is_no_change(tmp_path):
+    patched = UBSAN.replace("return table[i] + 1;", "return table[i] + table[i + 1] + 1;")
+    case = make_case(tmp_path, UBSAN, patched, flags=("-fsanitize=bounds",),
+                     exports=("__fentry__", "__ubsan_handle_out_of_bounds"))
+    names = [r.sym.name for r in case_relocations(case.patched, ".text.second")]
+    assert not set(names) & {r.sym.name for r in case_relocations(case.orig, ".text.second")
+                             if "Lubsan_data" in r.sym.name}, "second's UBSAN data must be renumbered"
+    run_engine(case)
+    assert case.result.changed_functions == ["first"]
+
+
+def test_a_changed_ubsan_check_changes_the_function(tmp_path):
+    patched = UBSAN.replace("int table[8];", "int table[8];\nint other[4];").replace(
+        "return table[i] + 2;", "return other[i] + 2;")
+    case = make_case(tmp_path, UBSAN, patched, flags=("-fsanitize=bounds",),
+                     exports=("__fentry__", "__ubsan_handle_out_of_bounds"))
+    run_engine(case)
+    assert "second" in case.result.changed_functions

@@ -19,6 +19,7 @@ a changed entry (a new format string, a moved line) is one.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
@@ -38,6 +39,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
     is_anonymous_constant,
+    is_call_site_data,
     is_special_static,
     strip_number,
 )
@@ -61,7 +63,9 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
         if new.section.twin is old.section:
             return True
         if new.section.name != old.section.name:
-            return False
+            # UBSAN's per-check data is numbered in the order of the object: a check added above
+            # renumbers every later one (Debian's 7.2 enables CONFIG_UBSAN_BOUNDS).
+            return is_call_site_data(new.section) and _call_site_data_equal(new.section, old.section)
         # Never paired, so not compared on their own: an anonymous constant counts as part
         # of the code using it (kpatch compares only its name and would miss a changed value).
         return not is_anonymous_constant(new.section) or _contents_equal(new.section, old.section)
@@ -72,6 +76,31 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
 
 
 ALTINSTR_AUX = ".altinstr_aux"
+_UBSAN_NUMBER = re.compile(r"(\.Lubsan_(?:data|type))\d+$")
+
+
+def _call_site_data_equal(new: Section, old: Section, depth: int = 0) -> bool:
+    """Two never-paired UBSAN data sections (source location, type descriptor) of equal content.
+
+    Names are compared without their number; references to other such data recursively.
+    """
+    if _UBSAN_NUMBER.search(new.name) is None or \
+            _UBSAN_NUMBER.sub(r"\1", new.name) != _UBSAN_NUMBER.sub(r"\1", old.name):
+        return False
+    if new.data != old.data or new.size != old.size or depth > 2:
+        return False
+    new_list, old_list = _relocs(new), _relocs(old)
+    if len(new_list) != len(old_list):
+        return False
+    for a, b in zip(new_list, old_list):
+        if a.offset != b.offset or a.type != b.type or a.string != b.string or \
+                (a.string is None and a.addend != b.addend):
+            return False
+        if a.string is None and a.sym.name != b.sym.name and not (
+                a.sym.section is not None and b.sym.section is not None
+                and _call_site_data_equal(a.sym.section, b.sym.section, depth + 1)):
+            return False
+    return True
 
 
 def _contents_equal(new: Section, old: Section) -> bool:
