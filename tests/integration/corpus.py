@@ -26,10 +26,13 @@ from __future__ import annotations
 import lzma
 import re
 import shlex
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import (
@@ -39,7 +42,13 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline 
     build_livepatch,
     patch_include_dir,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import (
+    KbuildError,
+    StepLog,
+    commands_through,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import Toolchain, choose_toolchain
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import build_objects, prepare_tree
 from tests.testbed.kernels import KernelArtifacts, cache_root, log
 from tests.testbed.vm import VmResult, run_in_initramfs
@@ -198,16 +207,31 @@ def make_request(art: KernelArtifacts, patches: Sequence[Path], name: str, out_d
                         name=name, replace=replace, modules_dir=art.modules_dir)
 
 
+@contextmanager
+def release_tree(art: KernelArtifacts, label: str) -> Iterator[Tuple[PreparedTree, Toolchain]]:
+    """The release's shared prepared tree, with kbuild's commands of the block run by the kernel's
+    compiler (in its toolchain root when the host's differs), as the builds themselves run them."""
+    cache = build_cache()
+    steplog = StepLog(cache / "logs" / f"corpus-{label}-{art.release}.log")
+    (cache / "work").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"corpus-{label}-", dir=cache / "work"))
+    try:
+        toolchain = choose_toolchain(make_request(art, [], label, work), steplog, work)
+        with commands_through(toolchain.wrapper):
+            yield prepare_tree(art.source_tree(), art.config, art.release, cache / "trees", steplog,
+                               compiler=toolchain.identity), toolchain
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def prebuild_objects(art: KernelArtifacts, objects: Sequence[str]) -> None:
     """Build ``objects`` in the shared tree so its dependency records name the headers they include."""
-    cache = build_cache()
-    steplog = StepLog(cache / "logs" / f"corpus-prebuild-{art.release}.log")
-    tree = prepare_tree(art.source_tree(), art.config, art.release, cache / "trees", steplog)
-    missing = [o for o in objects if not (tree.root / o).is_file()]
-    if missing:
-        # The same flags as the build itself, so kbuild does not rebuild them again right away.
-        with_inc = f"{FUNCTION_SECTIONS} -I{patch_include_dir(cache)}"
-        build_objects(tree, missing, with_inc, cache / "prebuilt" / art.release)
+    with release_tree(art, "prebuild") as (tree, _toolchain):
+        missing = [o for o in objects if not (tree.root / o).is_file()]
+        if missing:
+            # The same flags as the build itself, so kbuild does not rebuild them again right away.
+            with_inc = f"{FUNCTION_SECTIONS} -I{patch_include_dir(build_cache())}"
+            build_objects(tree, missing, with_inc, build_cache() / "prebuilt" / art.release)
 
 
 def build_one(art: KernelArtifacts, patches: Sequence[Path], name: str, out_dir: Path,

@@ -22,6 +22,8 @@ from typing import Dict, List, Sequence, Tuple
 PATCH_ROOT = Path(__file__).resolve().parent / "patches"
 R61 = "6.1.0-50-cloud-amd64"
 R612 = "6.12.107+deb12-cloud-amd64"
+R612_DEB13 = "6.12.117+deb13-cloud-amd64"
+R72 = "7.2.13+deb14-cloud-amd64"
 
 
 @dataclass(frozen=True)
@@ -291,13 +293,15 @@ def _specs_6_1() -> Dict[str, List[Edit]]:
 
 
 def specs_for(release: str) -> Dict[str, List[Edit]]:
-    """The edits for ``release``: the 6.1 set, with ports where the 6.12 source differs."""
+    """The edits for ``release``: the 6.1 set, with ports where the 6.12 or 7.2 source differs."""
     specs = _specs_6_1()
     if release == R61:
         return specs
-    if release == R612:
-        from tests.integration.corpus_ports import port_6_12
+    from tests.integration.corpus_ports import port_6_12, port_7_2
+    if release in (R612, R612_DEB13):
         return port_6_12(specs)
+    if release == R72:
+        return port_7_2(specs)
     raise EditError(f"no corpus for release {release}")
 
 

@@ -19,13 +19,14 @@ from typing import Dict
 import pytest
 
 from tests.integration.corpus import PATCH_ROOT, load_corpus
-from tests.integration.corpus_patches import R61
+from tests.integration.corpus_patches import R61, R72, R612, R612_DEB13
 from tests.integration.corpus_run import TABLES, CorpusRun, combined_verdict, read_gaps, replace_verdict, run_release
 from tests.testbed.kernels import fetch_kernel
 
 pytestmark = pytest.mark.integration
 
-# Comma-separated releases to run; `make test` runs 6.1, `make test-full` both (6.12 adds ~15 min cold).
+# Comma-separated releases to run; `make test` runs 6.1, `make test-full` every corpus release
+# (both 6.12s and 7.2; each adds 15-45 min cold), `make corpus-newest` Debian 13's 6.12 and 7.2.
 RELEASES = [r for r in os.environ.get("KPATCH_CORPUS_RELEASES", R61).split(",") if r]
 _RUNS: Dict[str, CorpusRun] = {}
 
@@ -107,3 +108,10 @@ def test_6_1_corpus_covers_the_issue():
     assert sum(cp.must_load for cp in corpus) >= 25
     assert sum(not cp.must_load for cp in corpus) >= 6
     assert read_gaps(R61) == {}
+
+
+@pytest.mark.parametrize("release", [R612, R612_DEB13, R72])
+def test_newer_corpora_are_the_6_1_corpus(release):
+    """The 6.12 and 7.2 corpora hold the same patches as 6.1's, with the same kind of sidecar."""
+    names = {cp.name: cp.must_load for cp in load_corpus(release)}
+    assert names == {cp.name: cp.must_load for cp in load_corpus(R61)}

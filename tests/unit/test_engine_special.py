@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.diff import PatchRejected
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import (
     SpecialSectionError,
@@ -205,3 +206,119 @@ def test_objtool_annotations_travel_with_their_functions(tmp_path):
     assert secs[".discard.retpoline_safe"].size == 8 and secs[".discard.noendbr"].size == 4
     assert [r.sym.name for r in case.relocations(".discard.retpoline_safe")] == ["hinted"]
     assert case.result.special_kept[".discard.unwind_hints"] == 1
+
+
+# Linux 7.x x86-64 WARN(): the code loads its own __bug_table entry's address (lea 2f(%rip)) and
+# passes it to __WARN_trap; the entry's bug_addr is the instruction after the lea.
+WARN_ENTRY = r"""
+extern void warn_trap(void *bug);
+#define WARN_ENTRY() ({ void *bug; asm volatile("lea (2f)(%%rip), %0\n1:\n" \
+        ".pushsection __bug_table,\"aw\"\n2: .long 1b - 2b\n.long %c1 - 2b\n.word %c2\n.word 0\n" \
+        ".org 2b+12\n.popsection" : "=r"(bug) : "i"(__FILE__), "i"(__LINE__)); bug; })
+int first(int x)
+{
+    if (x == 13)
+        warn_trap(WARN_ENTRY());
+    return x + 1;
+}
+int second(int x)
+{
+    if (x == 17)
+        warn_trap(WARN_ENTRY());
+    return x + 2;
+}
+"""
+
+
+def test_code_that_loads_its_bug_entry_follows_the_entry_to_its_new_place(tmp_path):
+    case = make_case(tmp_path, WARN_ENTRY, WARN_ENTRY.replace("x + 2;", "x + 200;"),
+                     exports=("__fentry__", "warn_trap"))
+    orig_refs = [r for r in case_relocations(case.orig, ".text.second") if r.sym.name == "__bug_table"]
+    assert [r.addend + 4 for r in orig_refs] == [12], "second's entry is the table's second in the original"
+    run_engine(case)
+    assert case.result.changed_functions == ["second"]
+    assert case.sections()["__bug_table"].size == 12
+    refs = [r for r in case.relocations(".text.second") if r.sym.type == 3 and r.sym.section is not None
+            and r.sym.section.name == "__bug_table"]
+    assert [r.addend + 4 for r in refs] == [0], "the lea must point at the one kept entry"
+    # ... and that entry describes second (its bug_addr relocation)
+    assert [(r.offset, r.sym.name) for r in case.relocations("__bug_table") if r.sym.type == 2] == [(0, "second")]
+
+
+def case_relocations(path, section):
+    sec = read_elf(str(path)).section_by_name()[section]
+    return sec.rela.relocations if sec.rela is not None else []
+
+
+# The same with the format string in the entry, as 7.x's WARN(cond, fmt, ...) keeps it.
+WARN_FORMAT = r"""
+extern void warn_trap(void *bug);
+#define WARN_FMT(fmt) ({ void *bug; asm volatile("lea (2f)(%%rip), %0\n1:\n" \
+        ".pushsection __bug_table,\"aw\"\n2: .long 1b - 2b\n.long %c1 - 2b\n.word 7\n.word 0\n" \
+        ".org 2b+12\n.popsection" : "=r"(bug) : "i"(fmt)); bug; })
+int first(int x)
+{
+    if (x == 13)
+        warn_trap(WARN_FMT("first %d"));
+    return x + 1;
+}
+int second(int x)
+{
+    if (x == 17)
+        warn_trap(WARN_FMT("second %d"));
+    return x + 2;
+}
+"""
+
+
+def test_a_changed_format_string_in_the_bug_entry_changes_the_function(tmp_path):
+    case = make_case(tmp_path, WARN_FORMAT, WARN_FORMAT.replace('"second %d"', '"SECOND %d"'),
+                     exports=("__fentry__", "warn_trap"))
+    run_engine(case)
+    assert case.result.changed_functions == ["second"]
+
+
+def test_a_bug_entry_that_only_moved_is_no_change(tmp_path):
+    # first gains a second WARN: second's code and entry are the same, at another table offset.
+    extra = WARN_FORMAT.replace("    return x + 1;", "    if (x == 14)\n        warn_trap(WARN_FMT(\"again %d\"));\n"
+                                "    return x + 1;")
+    case = make_case(tmp_path, WARN_FORMAT, extra, exports=("__fentry__", "warn_trap"))
+    moved = [r.addend for r in case_relocations(case.patched, ".text.second") if r.sym.name == "__bug_table"]
+    assert moved == [24 - 4], "second's entry must have moved to the third place"
+    run_engine(case)
+    assert case.result.changed_functions == ["first"]
+
+
+# UBSAN (Debian's 7.2 config: CONFIG_UBSAN_BOUNDS) numbers its per-check data .Lubsan_dataN in
+# the order of the object; a check added to an earlier function renumbers the later ones.
+UBSAN = r"""
+int table[8];
+int first(int i)
+{
+    return table[i] + 1;
+}
+int second(int i)
+{
+    return table[i] + 2;
+}
+"""
+
+
+def test_renumbered_ubsan_data_is_no_change(tmp_path):
+    patched = UBSAN.replace("return table[i] + 1;", "return table[i] + table[i + 1] + 1;")
+    case = make_case(tmp_path, UBSAN, patched, flags=("-fsanitize=bounds",),
+                     exports=("__fentry__", "__ubsan_handle_out_of_bounds"))
+    names = [r.sym.name for r in case_relocations(case.patched, ".text.second")]
+    assert not set(names) & {r.sym.name for r in case_relocations(case.orig, ".text.second")
+                             if "Lubsan_data" in r.sym.name}, "second's UBSAN data must be renumbered"
+    run_engine(case)
+    assert case.result.changed_functions == ["first"]
+
+
+def test_a_changed_ubsan_check_changes_the_function(tmp_path):
+    patched = UBSAN.replace("int table[8];", "int table[8];\nint other[4];").replace(
+        "return table[i] + 2;", "return other[i] + 2;")
+    case = make_case(tmp_path, UBSAN, patched, flags=("-fsanitize=bounds",),
+                     exports=("__fentry__", "__ubsan_handle_out_of_bounds"))
+    run_engine(case)
+    assert "second" in case.result.changed_functions

@@ -10,11 +10,17 @@ immediate passed to a line-taking helper (``__might_sleep``, ``printk``,
 ``__warn_printk`` ...) is the same: editing lines above it must not patch it.
 A changed ``.cold``/``.part`` child makes its parent changed too, because the
 child is only reachable through the parent's new copy.
+
+Code that points at an entry of a special table (Linux 7.x x86-64 ``WARN()`` loads its
+``__bug_table`` entry, which holds the format string) is compared through the entries it points
+at, by content: an entry that only moved (another function gained or lost one) is no change, and
+a changed entry (a new format string, a moved line) is one.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+import re
+from typing import Dict, List, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,
@@ -33,9 +39,15 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate import (
     is_anonymous_constant,
+    is_call_site_data,
     is_special_static,
     strip_number,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import (
+    entry_referenced,
+    special_section_names,
+)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import entry_period
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.linemacro import (
     normalise_line_string,
     only_line_immediates_differ,
@@ -51,7 +63,9 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
         if new.section.twin is old.section:
             return True
         if new.section.name != old.section.name:
-            return False
+            # UBSAN's per-check data is numbered in the order of the object: a check added above
+            # renumbers every later one (Debian's 7.2 enables CONFIG_UBSAN_BOUNDS).
+            return is_call_site_data(new.section) and _call_site_data_equal(new.section, old.section)
         # Never paired, so not compared on their own: an anonymous constant counts as part
         # of the code using it (kpatch compares only its name and would miss a changed value).
         return not is_anonymous_constant(new.section) or _contents_equal(new.section, old.section)
@@ -62,6 +76,31 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
 
 
 ALTINSTR_AUX = ".altinstr_aux"
+_UBSAN_NUMBER = re.compile(r"(\.Lubsan_(?:data|type))\d+$")
+
+
+def _call_site_data_equal(new: Section, old: Section, depth: int = 0) -> bool:
+    """Two never-paired UBSAN data sections (source location, type descriptor) of equal content.
+
+    Names are compared without their number; references to other such data recursively.
+    """
+    if _UBSAN_NUMBER.search(new.name) is None or \
+            _UBSAN_NUMBER.sub(r"\1", new.name) != _UBSAN_NUMBER.sub(r"\1", old.name):
+        return False
+    if new.data != old.data or new.size != old.size or depth > 2:
+        return False
+    new_list, old_list = _relocs(new), _relocs(old)
+    if len(new_list) != len(old_list):
+        return False
+    for a, b in zip(new_list, old_list):
+        if a.offset != b.offset or a.type != b.type or a.string != b.string or \
+                (a.string is None and a.addend != b.addend):
+            return False
+        if a.string is None and a.sym.name != b.sym.name and not (
+                a.sym.section is not None and b.sym.section is not None
+                and _call_site_data_equal(a.sym.section, b.sym.section, depth + 1)):
+            return False
+    return True
 
 
 def _contents_equal(new: Section, old: Section) -> bool:
@@ -75,10 +114,45 @@ def _by_name(reloc: Relocation) -> tuple:
     return (reloc.offset, reloc.type, reloc.addend, reloc.sym.name, reloc.string)
 
 
-def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = False) -> bool:
+def _table_entry(reloc: Relocation, in_text: bool) -> Optional[Tuple[Section, int, int]]:
+    """(table, entry start, entry size) when ``reloc`` points at a special-table entry, else None."""
+    sym = reloc.sym
+    if sym.type != STT_SECTION or sym.section is None or sym.section.name not in special_section_names():
+        return None
+    size = entry_period(sym.section)
+    start = entry_referenced(reloc, in_text, size) if size else None
+    return None if start is None else (sym.section, start, size)
+
+
+def _entry_relocations(sec: Section, start: int, size: int) -> List[tuple]:
+    return [(r.offset - start, r.type, r.addend, r.string, r.sym) for r in _relocs(sec)
+            if start <= r.offset < start + size]
+
+
+def _table_references_equal(new: Relocation, old: Relocation, in_text: bool) -> Optional[bool]:
+    """For two references to special-table entries: whether the entries are equal; else None."""
+    new_entry, old_entry = _table_entry(new, in_text), _table_entry(old, in_text)
+    if new_entry is None or old_entry is None:
+        return None
+    (nsec, nstart, nsize), (osec, ostart, osize) = new_entry, old_entry
+    if nsec.name != osec.name or nsize != osize or new.addend - nstart != old.addend - ostart:
+        return False
+    if nsec.data[nstart:nstart + nsize] != osec.data[ostart:ostart + osize]:
+        return False
+    nrel, orel = _entry_relocations(nsec, nstart, nsize), _entry_relocations(osec, ostart, osize)
+    # Offset in the entry and type always; then a string's text (wherever it sits), or the target.
+    return len(nrel) == len(orel) and all(
+        a[:2] == b[:2] and a[3] == b[3] and (a[3] is not None or (a[2] == b[2] and _symbols_equal(a[4], b[4])))
+        for a, b in zip(nrel, orel))
+
+
+def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = False, in_text: bool = True) -> bool:
     """Same place, type and target; ``line_tolerant``: strings may differ in "file.c:LINE" only."""
     if new.offset != old.offset or new.type != old.type:
         return False
+    entries = _table_references_equal(new, old, in_text)
+    if entries is not None:
+        return entries
     if new.sym.name == ALTINSTR_AUX == old.sym.name:
         # static_cpu_has()'s boot-time fallback code: inert in a module (alternatives are applied
         # before module code runs), and its offsets move whenever another function adds to it.
@@ -98,7 +172,7 @@ def _relocation_lists_equal(new: Section, old: Section, line_tolerant: bool = Fa
     new_list, old_list = _relocs(new), _relocs(old)
     if len(new_list) != len(old_list):
         return False
-    return all(relocations_equal(a, b, line_tolerant) for a, b in zip(new_list, old_list))
+    return all(relocations_equal(a, b, line_tolerant, new.is_text) for a, b in zip(new_list, old_list))
 
 
 def only_line_numbers_differ(new: Section, old: Section) -> bool:

@@ -19,6 +19,11 @@ are sized by their C element type.  ``__patchable_function_entries`` (x86
 CALL_PADDING kernels) is not kept: x86 ftrace uses ``__mcount_loc``, and the
 section is SHF_LINK_ORDER-tied to one text section of the original object.
 
+Code may point at a table entry itself: on Linux 7.x, x86-64's ``WARN()`` loads its
+``__bug_table`` entry's address (``lea 2f(%rip)``) to pass it to ``__WARN_trap``.  Such references
+(through the table's section symbol) follow their entry to its new place; one to a dropped entry
+from included code is an error.
+
 ``.orc_unwind`` has no relocations: its entry *i* belongs to entry *i* of
 ``.orc_unwind_ip`` and is kept or dropped with it.  ``.printk_index`` is an
 array of pointers to ``struct pi_entry`` objects; an entry is kept when the
@@ -32,7 +37,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
     STT_FUNC,
+    STT_SECTION,
     ElfObject,
     Relocation,
     Section,
@@ -291,6 +299,42 @@ def drop_entries(obj: ElfObject, result: SpecialResult, drop: List[KeptKey]) -> 
                 sec.rela.include = False
 
 
+def entry_referenced(reloc: Relocation, in_text: bool, size: int) -> Optional[int]:
+    """Offset of the table entry a reference designates (its start); None when it is ambiguous.
+
+    A PC-relative field in code is followed by 0-4 more bytes of its instruction, so it designates
+    a byte in [addend+4, addend+8]; both ends must fall in one entry (``lea`` of an entry: its
+    displacement ends the instruction, the window starts at the entry).
+    """
+    if in_text and reloc.type in (R_X86_64_PC32, R_X86_64_PLT32):
+        low, high = reloc.addend + 4, reloc.addend + 8
+    else:
+        low = high = reloc.addend
+    return low - low % size if low - low % size == high - high % size else None
+
+
+def _follow_moved_entries(obj: ElfObject, sec: Section, keep: List[int], size: int) -> None:
+    """Relocations elsewhere that point into ``sec`` through its section symbol follow their entry.
+
+    The code that refers to an entry is the code the entry describes (one asm statement makes
+    both), so an included section's reference always has its entry kept; anything else is refused.
+    """
+    moved = {old: index * size for index, old in enumerate(keep)}
+    for rela in obj.sections:
+        if not rela.is_rela or rela is sec.rela or rela.base is None or rela.base.is_debug:
+            continue
+        for reloc in rela.relocations:
+            if reloc.sym.type != STT_SECTION or reloc.sym.section is not sec:
+                continue
+            old = entry_referenced(reloc, rela.base.is_text, size)
+            if old is not None and old in moved:
+                reloc.addend += moved[old] - old
+            elif rela.base.include:
+                raise SpecialSectionError("%s+%#x refers to %s%+#x, which is not the start of an entry kept for "
+                                          "an included function (entries of %d bytes)"
+                                          % (rela.base.name, reloc.offset, sec.name, reloc.addend, size))
+
+
 def _regenerate_orc(obj: ElfObject, ip_keep: List[int], struct_sizes: Mapping[str, int],
                     result: SpecialResult, inc: Includer) -> None:
     orc = obj.find_section(".orc_unwind")
@@ -334,6 +378,7 @@ def regenerate_special_sections(obj: ElfObject, struct_sizes: Mapping[str, int],
         stride = entry_stride(sec.name, sec, struct_sizes)
         pi_size = struct_sizes.get("PRINTK_INDEX")
         keep = _regenerate(sec.name, sec, stride, included, inc, result, int(pi_size) if pi_size else None)
+        _follow_moved_entries(obj, sec, keep, stride.size)
         if sec.name == ".orc_unwind_ip":
             ip_keep = keep
     if obj.find_section(".orc_unwind") is not None:

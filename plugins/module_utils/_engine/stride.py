@@ -92,6 +92,11 @@ def period_of(fields: List[Tuple[int, int]], total: int) -> Optional[int]:
     return None
 
 
+def entry_period(sec: Section) -> Optional[int]:
+    """The entry size ``sec``'s own relocations repeat at, if they show one."""
+    return period_of(_fields(sec), sec.size)
+
+
 def section_stride(sec: Section, declared: int, what: str) -> Stride:
     """The stride to cut ``sec`` at; ``what`` names the declared size's origin in errors."""
     fields = _fields(sec)
