@@ -16,14 +16,11 @@ __metaclass__ = type
 
 import os
 
-try:
-    from collections.abc import Mapping
-except ImportError:  # pragma: no cover - Python 2 has no collections.abc
-    from collections import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.module_utils.six.moves.collections_abc import Mapping
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
     default_module_name,

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import load_parent_symtab
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import find_module_ko
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing import find_module_ko
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 pytestmark = pytest.mark.integration

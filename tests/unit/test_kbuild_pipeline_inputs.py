@@ -13,14 +13,14 @@ from dataclasses import replace
 import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import host_compiler
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pipeline import (
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
     BuildRequest,
-    build_compiler,
-    cache_key,
     check_inputs,
+    distro_defaults,
+    request_from_params,
     signature_hash,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import distro_defaults, request_from_params
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.results import build_compiler, cache_key
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 
 

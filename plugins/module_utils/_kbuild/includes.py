@@ -43,7 +43,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.makeflags import makefile_flags
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import STAMP_NAME

@@ -32,16 +32,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing import (  # noqa: F401
-    MODULE_SUFFIXES,
-    engine_output_path,
-    find_module_ko,
-    plain_module,
-    run_engine,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing import engine_output_path, run_engine
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import max_symbol_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
@@ -54,17 +48,15 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.pairs imp
     compile_kernel,
     compile_oot,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (  # noqa: F401
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
     BuildRequest,
     check_inputs,
     sign_file_path,
     signature_hash,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.results import (  # noqa: F401
-    CACHE_FORMAT,
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.results import (
     BuildResult,
     ObjectDiff,
-    build_compiler,
     cache_key,
     cached_result,
 )
@@ -79,6 +71,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree impo
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.vmlinuxreads import VmlinuxReads
 
 FUNCTION_SECTIONS = "-ffunction-sections -fdata-sections"
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,6 +89,12 @@ class Build:
     klp_ko: Optional[Path] = None
     vermagic: str = ""
     module: Optional[Path] = None  # the finished module in the cache
+
+    def needs(self, value: Optional[T], what: str) -> T:
+        """``value``, which an earlier step must have produced (an error naming it otherwise)."""
+        if value is None:
+            raise KbuildError(f"internal error: the build reached a step before {what} was produced")
+        return value
 
     @property
     def out_dir(self) -> Path:
@@ -172,8 +171,7 @@ def check_signing(build: Build) -> None:
 
 def compile_objects(build: Build) -> None:
     """The changed objects, unpatched and patched; vmlinux's reads overlap the tree's preparation."""
-    req, toolchain = build.req, build.toolchain
-    assert toolchain is not None  # choose_compiler ran first
+    req, toolchain = build.req, build.needs(build.toolchain, "the compiler choice")
     with VmlinuxReads(req, build.log) as reads:
         # The same flags for the header mapping's compiles as for the build below: kbuild then finds
         # the objects it compiled up to date instead of compiling them again.
@@ -187,8 +185,7 @@ def compile_objects(build: Build) -> None:
 
 
 def diff_objects(build: Build) -> None:
-    compiled = build.compiled
-    assert compiled is not None
+    compiled = build.needs(build.compiled, "the compiled objects")
     build.out_dir.mkdir(parents=True)
     build.diffs = run_engine(build.req, compiled.pairs, compiled.orig_dir, compiled.patched_dir, build.out_dir,
                              build.sizes, build.log)
@@ -217,8 +214,8 @@ def verify_module(build: Build) -> None:
     """What the kernel's loader will need: resolvable symbols, listed objtool sites, this release."""
     from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import read_modinfo
 
-    req, log, compiled, ko = build.req, build.log, build.compiled, build.klp_ko
-    assert compiled is not None and ko is not None
+    req, log = build.req, build.log
+    compiled, ko = build.needs(build.compiled, "the compiled objects"), build.needs(build.klp_ko, "the module")
     with log.step("check-undefined-symbols") as res:
         symvers = Path(req.headers) / "Module.symvers"
         made_from = {engine_output_path(build.out_dir, i, obj): obj for i, obj in enumerate(sorted(compiled.pairs))}
@@ -237,13 +234,11 @@ def verify_module(build: Build) -> None:
 
 def sign(build: Build) -> None:
     if build.req.signing_key:
-        assert build.klp_ko is not None
-        sign_module(build.req, build.klp_ko, build.log)
+        sign_module(build.req, build.needs(build.klp_ko, "the module"), build.log)
 
 
 def publish_to_cache(build: Build) -> None:
-    assert build.klp_ko is not None
-    build.module = _publish(build.klp_ko, build.module_dir, build.req.module_name)
+    build.module = _publish(build.needs(build.klp_ko, "the module"), build.module_dir, build.req.module_name)
 
 
 # The build after the compiler choice, in order; each step's time is its stage's in the log.
@@ -266,8 +261,8 @@ def run_steps(build: Build, steps: Sequence[Tuple[str, Callable[[Build], None]]]
 
 def result_of(build: Build) -> BuildResult:
     """The finished build's result, as recorded in the cache (timings: the log's stages)."""
-    req, compiled, module = build.req, build.compiled, build.module
-    assert compiled is not None and module is not None
+    req = build.req
+    compiled, module = build.needs(build.compiled, "the compiled objects"), build.needs(build.module, "the module")
     return BuildResult(module_path=str(module), module_name=req.module_name, sha256=sha256_file(module),
                        vermagic=build.vermagic, release=req.release, replace=req.replace, cached=False,
                        objects=build.diffs, timings=dict(build.log.stages), log=str(build.log.path),
@@ -311,9 +306,8 @@ def build_livepatch(req: BuildRequest) -> BuildResult:
     build = Build(req, key, log, Path(tempfile.mkdtemp(prefix=f"{req.module_name}-", dir=cache_dir / "work")))
     try:
         run_steps(build, (("toolchain", choose_compiler),))
-        assert build.toolchain is not None
         # Inside a toolchain root every kbuild command of the build runs there (steplog.run_logged).
-        with commands_through(build.toolchain.wrapper):
+        with commands_through(build.needs(build.toolchain, "the compiler choice").wrapper):
             run_steps(build, BUILD_STEPS)
     finally:
         shutil.rmtree(build.work, ignore_errors=True)

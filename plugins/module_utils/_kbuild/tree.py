@@ -57,6 +57,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog i
     as_steplog,
     run_logged,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import sha256_of
 
 # Kernel release strings are at most 64 bytes (``uts_len`` in the top Makefile).
 MAX_RELEASE_LEN = 64
@@ -136,11 +137,8 @@ def release_settings(kernelversion: str, release: str, config_text: str) -> Tupl
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file (the target side's reader: one implementation for both)."""
+    return sha256_of(str(path))
 
 
 def source_identity(source_tree: Path) -> str:
