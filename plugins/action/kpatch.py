@@ -62,11 +62,13 @@ class ActionModule(ActionBase):
         run checks its sha256 before using it anyway).
         """
         directory = os.path.dirname(staged)
+        # The remote shell's PID ($$) in the temporary name: two runs keeping the same file at
+        # once never rename each other's copy.
         part = os.path.join(directory, ".%s.part" % os.path.basename(staged))
         res = self._low_level_execute_command(
-            "mkdir -p -m 0700 {d} && cp {src} {part} && chmod 0600 {part} && mv -f {part} {dest}".format(
-                d=shlex.quote(directory), src=shlex.quote(tmp_src), part=shlex.quote(part),
-                dest=shlex.quote(staged)))
+            'mkdir -p -m 0700 {d} && part={part}.$$ && cp {src} "$part" && chmod 0600 "$part" && '
+            'mv -f "$part" {dest}'.format(d=shlex.quote(directory), src=shlex.quote(tmp_src), part=shlex.quote(part),
+                                          dest=shlex.quote(staged)))
         if res.get("rc") != 0:
             raise AnsibleActionFail("cannot keep %s in %s: %s" % (tmp_src, staged,
                                                                   to_text(res.get("stderr", "")).strip()))
