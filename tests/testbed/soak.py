@@ -9,14 +9,15 @@ exactly what the kpatch module does to load and unload, without Ansible's per-ta
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
+from ansible_collections.kpatch.livepatch.plugins.lookup.target_runtime import archive_bytes, runtime_sources
 from tests.testbed.sshvm import DebianVM
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIME = REPO / "plugins" / "module_utils" / "_target"
 GUEST_SCRIPT = Path(__file__).resolve().parent / "soak_guest.py"
 GUEST_DIR = "/root/kpatch-soak"
 
@@ -42,11 +43,16 @@ def run_soak(vm: DebianVM, module: Path, name: str, cycles: int, proc_file: str 
              patched_text: str = "this has been live patched") -> SoakReport:
     """Enable/disable ``module`` ``cycles`` times in ``vm`` while a loop reads ``proc_file``."""
     vm.ssh(f"rm -rf {GUEST_DIR}; mkdir -p {GUEST_DIR}", check=True)
-    vm.scp_to(RUNTIME, f"{GUEST_DIR}/kpatch_target", recursive=True)
+    # The runtime exactly as the target role installs it: the one archive (package kpatch_target).
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "kpatch_target.zip"
+        archive.write_bytes(archive_bytes(runtime_sources()))
+        vm.scp_to(archive, f"{GUEST_DIR}/kpatch_target.zip")
     vm.scp_to(GUEST_SCRIPT, f"{GUEST_DIR}/soak_guest.py")
     vm.scp_to(module, f"{GUEST_DIR}/{module.name}")
     quoted = patched_text.replace("'", "'\\''")
-    proc = vm.ssh(f"cd {GUEST_DIR} && python3 -B soak_guest.py {GUEST_DIR}/{module.name} {name} {cycles}"
+    proc = vm.ssh(f"cd {GUEST_DIR} && PYTHONPATH={GUEST_DIR}/kpatch_target.zip python3 -B soak_guest.py"
+                  f" {GUEST_DIR}/{module.name} {name} {cycles}"
                   f" {proc_file} '{quoted}'", check=True, timeout=120 + 60 * cycles)
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     vm.ssh(f"rm -rf {GUEST_DIR}")

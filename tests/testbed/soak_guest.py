@@ -1,6 +1,6 @@
 """Runs inside the guest: enable/disable one livepatch module N times while a workload calls it.
 
-Copied to the guest with the target runtime package beside it (``kpatch_target``) and run as
+Copied to the guest with the target runtime archive (package ``kpatch_target``, on ``PYTHONPATH``) and run as
 ``python3 soak_guest.py <module.ko> <name> <cycles> <proc file> <patched text>``.  Each cycle
 loads the module through the runtime's own loader (insmod + transition wait, as the kpatch
 module does), checks that the workload's file now reads the patched text, unloads it and checks
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from kpatch_target.loader import LoaderError, load_module, unload_module
+from kpatch_target._target.loader import LoaderError, load_module, unload_module
 
 WARNING_RE = re.compile(r"WARNING:|BUG:|Oops|Call Trace|general protection|livepatch: .*(fail|error)",
                         re.IGNORECASE)
