@@ -164,6 +164,10 @@ options:
         runs inside it, with the build's directories bound at their own paths in a private mount
         namespace; the diff engine runs on the host. A root whose compiler is not exactly the kernel's
         fails the build; it needs root, C(debootstrap), C(unshare) and C(chroot) on the build host.
+      - For an RPM-family kernel (C(.fcN) or C(.elN) in the release) the root is C(dnf --installroot) of
+        the kernel's own release (C(--releasever) from the tag) with exactly its Red Hat gcc
+        (C(gcc-X.Y.Z-N.<tag>*), read from C(.comment)), from the build host's own repositories; it needs
+        C(dnf) instead of C(debootstrap).
       - V(never) refuses a different compiler (or uses it with O(skip_compiler_check)).
     type: str
     choices: [auto, never]

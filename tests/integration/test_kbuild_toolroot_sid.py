@@ -14,7 +14,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.elfcomment import comment_strings
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolroot import (
-    debian_suite, ensure_toolroot, verify_root)
+    debian_recipe, debian_suite, ensure_toolroot, verify_root)
 from tests.testbed.kernels import cache_root, fetch_kernel
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,8 @@ def kernel_7_2():
 def sid_root(kernel_7_2, tmp_path_factory):
     log = StepLog(tmp_path_factory.mktemp("toolroot-log") / "toolroot.log")
     identity = kernel_compiler(kernel_7_2.vmlinux)
-    root, _reused = ensure_toolroot(cache_root() / "toolroots-tests", debian_suite(RELEASE), identity, log)
+    root, _reused = ensure_toolroot(cache_root() / "toolroots-tests", debian_recipe(debian_suite(RELEASE), identity),
+                                   identity, log)
     return root, identity, log
 
 
@@ -44,7 +45,7 @@ def test_root_has_the_kernels_exact_compiler_and_is_reused(sid_root, tmp_path):
     root, identity, log = sid_root
     assert identity.startswith("GCC: (Debian 16.")
     assert root.compiler == identity and root.suite == "sid"
-    again, reused = ensure_toolroot(cache_root() / "toolroots-tests", "sid", identity, log)
+    again, reused = ensure_toolroot(cache_root() / "toolroots-tests", debian_recipe("sid", identity), identity, log)
     assert reused and again.path == root.path
     # kbuild's plain `gcc` inside the root is that compiler, and it compiles host files in place.
     src = tmp_path / "probe.c"
@@ -59,4 +60,4 @@ def test_a_root_whose_compiler_differs_is_refused(sid_root):
     root, identity, _log = sid_root
     other = identity.replace("16.2.0-", "16.2.0-99~")
     with pytest.raises(KbuildError, match="the archive no longer has the kernel's exact compiler"):
-        verify_root(root.path, "sid", other)
+        verify_root(root.path, debian_recipe("sid", identity), other)

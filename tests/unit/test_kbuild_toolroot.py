@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolchain import header_binds, needs_toolchain
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolroot import (
-    ToolRoot, debian_archive_uri, debian_suite, gcc_package, root_key)
+    ToolRoot, debian_archive_uri, debian_recipe, debian_suite, gcc_package, root_key)
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -37,12 +37,21 @@ def test_compiler_package_from_the_identity() -> None:
 
 
 def test_root_key_names_suite_and_compiler_and_refuses_odd_suites() -> None:
-    key = root_key("sid", "GCC: (Debian 16.2.0-4) 16.2.0")
+    key = root_key("sid", "GCC: (Debian 16.2.0-4) 16.2.0", "gcc-16")
     assert key.startswith("sid-gcc-16-")
-    assert key != root_key("sid", "GCC: (Debian 16.2.0-5) 16.2.0")
+    assert key != root_key("sid", "GCC: (Debian 16.2.0-5) 16.2.0", "gcc-16")
     for bad in ("../etc", "sid main", "Sid"):
         with pytest.raises(KbuildError, match="not a Debian suite name"):
-            root_key(bad, "GCC: (Debian 16.2.0-4) 16.2.0")
+            root_key(bad, "GCC: (Debian 16.2.0-4) 16.2.0", "gcc-16")
+
+
+def test_debian_recipe_debootstraps_the_suite_with_the_kernels_gcc(tmp_path: Path) -> None:
+    recipe = debian_recipe("sid", "GCC: (Debian 16.2.0-4) 16.2.0", mirror="http://mirror.invalid/debian")
+    assert (recipe.name, recipe.gcc, recipe.label) == ("sid", "gcc-16", "gcc-16")
+    argv = recipe.populate(tmp_path)
+    assert argv[:2] == ["debootstrap", "--variant=minbase"]
+    assert argv[2].startswith("--include=gcc-16,make,") and ",dwarves," in argv[2]
+    assert argv[3:] == ["sid", str(tmp_path), "http://mirror.invalid/debian"]
 
 
 def test_archive_uri_from_either_sources_format(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@
 
 The kernel's compiler comes from vmlinux's ``.comment``.  When the host's gcc stamps the same
 identity, everything runs on the host.  When it does not, a Debian kernel of a known suite gets
-a toolchain root with exactly its compiler (``toolroot.py``) and every kbuild command of the
-build runs inside it.  Otherwise the build is refused, unless ``skip_compiler_check`` accepts
+a toolchain root with exactly its compiler (``toolroot.py``; an RPM-family kernel one from dnf,
+``rpmroot.py``) and every kbuild command of the build runs inside it.  Otherwise the build is refused, unless ``skip_compiler_check`` accepts
 the host's compiler (which then builds in a tree of its own).
 """
 
@@ -22,8 +22,9 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler 
     check_compiler, host_compiler, kernel_compiler)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import BuildRequest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import CommandWrapper, StepLog
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.rpmroot import rpm_dist, rpm_recipe
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.toolroot import (
-    ToolRoot, debian_suite, ensure_toolroot)
+    RootRecipe, ToolRoot, debian_recipe, debian_suite, ensure_toolroot)
 
 
 @dataclass
@@ -103,7 +104,16 @@ def _wrapper(root: ToolRoot, binds: Sequence[Path], work: Path, headers: Path) -
 
 def uses_toolchain_root(req: BuildRequest) -> bool:
     """A build whose host compiler differs compiles in a toolchain root (rather than skip or refuse)."""
-    return req.toolchain_root == "auto" and debian_suite(req.release) is not None
+    return req.toolchain_root == "auto" and (debian_suite(req.release) is not None
+                                             or rpm_dist(req.release) is not None)
+
+
+def root_recipe(req: BuildRequest, kernel: str) -> RootRecipe:
+    """How the root for this kernel's compiler is made: debootstrap for Debian, dnf for the RPM family."""
+    suite = debian_suite(req.release)
+    if suite is not None:
+        return debian_recipe(suite, kernel, req.toolchain_root_mirror)
+    return rpm_recipe(req.release, kernel)
 
 
 def choose_toolchain(req: BuildRequest, log: StepLog, work: Path) -> Toolchain:
@@ -117,9 +127,9 @@ def choose_toolchain(req: BuildRequest, log: StepLog, work: Path) -> Toolchain:
         check = check_compiler(Path(req.vmlinux), skip_compiler_check=req.skip_compiler_check)
         return Toolchain(other_compiler=check.host, identity=check.host,
                          detail=f"kernel '{check.kernel}', host '{check.host}' (skipped)")
-    suite = str(debian_suite(req.release))
-    root, reused = ensure_toolroot(Path(req.cache_dir), suite, kernel, log, mirror=req.toolchain_root_mirror)
+    recipe = root_recipe(req, kernel)
+    root, reused = ensure_toolroot(Path(req.cache_dir), recipe, kernel, log)
     return Toolchain(other_compiler=None, identity=kernel, root=root,
                      wrapper=_wrapper(root, build_binds(req, work), work, Path(req.headers)),
-                     detail=f"'{kernel}' in the toolchain root {root.path} ({suite}, "
+                     detail=f"'{kernel}' in the toolchain root {root.path} ({recipe.name}, "
                             f"{'reused' if reused else 'made'}); the host has '{host}'")

@@ -12,6 +12,10 @@ compiles carry the kernel's exact ``.comment`` identity, and runs the kbuild ste
 tree preparation, object compiles, the module link) inside it.  Everything else, the diff
 engine included, stays on the host.
 
+The RPM family gets the same kind of root from ``dnf --installroot`` of the kernel's own
+release (``rpmroot.py``); a ``RootRecipe`` says how either is made, and everything after that
+(the cache, the lock, the verification, ``ToolRoot.wrap``) is shared.
+
 Inside the root, host directories appear at their own paths (bind mounts in a private mount
 namespace: nothing is mounted on the host), so commands and paths need no translation.
 """
@@ -29,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import compiler_identity
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.elfcomment import comment_strings
@@ -45,6 +49,17 @@ BASE_PACKAGES = ("make", "bison", "flex", "bc", "libelf-dev", "libssl-dev", "dwa
 DEBIAN_SUITES = {"deb11": "bullseye", "deb12": "bookworm", "deb13": "trixie", "deb14": "sid"}
 _GCC_RE = re.compile(r"^GCC: \((Debian|Ubuntu)[^)]*\) (\d+)\.\d+")
 _SAFE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+
+
+@dataclass(frozen=True)
+class RootRecipe:
+    """How a root is made: its name (a Debian suite, or an RPM release tag such as ``fc41``), the
+    compiler command inside it, and the command that fills an empty directory with that release."""
+
+    name: str
+    gcc: str  # the compiler's command in the root: gcc-16 (Debian), gcc (RPM)
+    label: str  # the compiler in the root's directory name: gcc-16
+    populate: Callable[[Path], List[str]]
 
 
 @dataclass(frozen=True)
@@ -105,12 +120,24 @@ def debian_archive_uri(sources_dir: Path = Path("/etc/apt")) -> str:
     raise KbuildError(f"no Debian archive in {sources_dir}/sources.list(.d): give toolroot_mirror")
 
 
-def root_key(suite: str, identity: str) -> str:
-    """Directory name of the root for (suite, compiler identity)."""
-    if not _SAFE_RE.match(suite):
-        raise KbuildError(f"suite name {suite!r} is not a Debian suite name")
-    digest = hashlib.sha256(f"{FORMAT}\0{suite}\0{identity}".encode()).hexdigest()[:12]
-    return f"{suite}-{gcc_package(identity)}-{digest}"
+def debian_recipe(suite: str, identity: str, mirror: Optional[str] = None) -> RootRecipe:
+    """``debootstrap --variant=minbase`` of ``suite`` with the kernel's gcc and kbuild's tools; the
+    archive defaults to the build host's own, looked up only when a root is actually made."""
+    gcc = gcc_package(identity)
+    include = ",".join((gcc, *BASE_PACKAGES))
+
+    def populate(root: Path) -> List[str]:
+        return ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(root),
+                mirror or debian_archive_uri()]
+    return RootRecipe(name=suite, gcc=gcc, label=gcc, populate=populate)
+
+
+def root_key(name: str, identity: str, label: str) -> str:
+    """Directory name of the root for (distribution release, compiler identity)."""
+    if not _SAFE_RE.match(name):
+        raise KbuildError(f"suite name {name!r} is not a Debian suite name or an RPM release tag")
+    digest = hashlib.sha256(f"{FORMAT}\0{name}\0{identity}".encode()).hexdigest()[:12]
+    return f"{name}-{label}-{digest}"
 
 
 def probe_identity(root: Path, gcc: str) -> str:
@@ -131,28 +158,32 @@ def probe_identity(root: Path, gcc: str) -> str:
     return found
 
 
-def verify_root(root: Path, suite: str, identity: str) -> None:
+def verify_root(root: Path, recipe: RootRecipe, identity: str) -> None:
     """Refuse a root whose compiler does not stamp exactly the kernel's ``.comment`` identity."""
-    gcc = gcc_package(identity)
-    got = probe_identity(root, gcc)
+    got = probe_identity(root, recipe.gcc)
     if got != identity:
-        raise KbuildError(f"suite {suite}'s {gcc} stamps '{got}', but the kernel was built by '{identity}': "
+        raise KbuildError(f"{recipe.name}'s {recipe.gcc} stamps '{got}', but the kernel was built by '{identity}': "
                           "the archive no longer has the kernel's exact compiler (toolchain_root=never with "
                           "skip_compiler_check=true builds with the host's compiler anyway, at the risk of a "
                           "patch that does not match the running code)")
 
 
-def _bootstrap(tmp: Path, suite: str, gcc: str, mirror: str, log: StepLog) -> None:
-    """debootstrap the suite with the compiler and kbuild's tools, and make ``gcc``/``cc`` that compiler."""
-    include = ",".join((gcc, *BASE_PACKAGES))
-    argv = ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(tmp), mirror]
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                          check=False)
+def _populate(tmp: Path, recipe: RootRecipe, log: StepLog) -> None:
+    """Fill ``tmp`` with the recipe's release and compiler; plain ``gcc``/``cc`` become that compiler."""
+    argv = recipe.populate(tmp)
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                              check=False)
+    except FileNotFoundError as exc:
+        raise KbuildError(f"{argv[0]} is not installed on the build host: the toolchain root for {recipe.name} "
+                          f"({recipe.gcc}) is made with it (or toolchain_root=never)") from exc
     log.append_output(f"$ {' '.join(argv)} -> rc={proc.returncode}", proc.stdout)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-15:])
-        raise KbuildError(f"debootstrap of {suite} with {gcc} failed (exit {proc.returncode}):\n{tail}\n"
+        raise KbuildError(f"{argv[0]} of {recipe.name} with {recipe.gcc} failed (exit {proc.returncode}):\n{tail}\n"
                           f"full output: {log.output_path}")
+    if recipe.gcc == "gcc":
+        return
     local_bin = tmp / "usr" / "local" / "bin"
     local_bin.mkdir(parents=True, exist_ok=True)
     # kbuild calls plain gcc/cc unless told otherwise: in the root they are the kernel's compiler.
@@ -160,7 +191,7 @@ def _bootstrap(tmp: Path, suite: str, gcc: str, mirror: str, log: StepLog) -> No
         link = local_bin / name
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(f"/usr/bin/{gcc}")
+        link.symlink_to(f"/usr/bin/{recipe.gcc}")
 
 
 def _read_stamp(path: Path) -> Optional[dict]:
@@ -170,37 +201,34 @@ def _read_stamp(path: Path) -> Optional[dict]:
         return None
 
 
-def ensure_toolroot(cache_dir: Path, suite: str, identity: str, log: StepLog,
-                    mirror: Optional[str] = None) -> Tuple[ToolRoot, bool]:
-    """The root for (suite, identity), made once and cached; (root, reused).
+def ensure_toolroot(cache_dir: Path, recipe: RootRecipe, identity: str, log: StepLog) -> Tuple[ToolRoot, bool]:
+    """The root for (recipe's release, identity), made once and cached; (root, reused).
 
     A new root is built in a temporary directory and renamed into place only after its compiler
     proved to stamp exactly ``identity``; a failed or mismatching build leaves nothing behind.
     """
-    final = Path(cache_dir) / "toolroots" / root_key(suite, identity)
+    final = Path(cache_dir) / "toolroots" / root_key(recipe.name, identity, recipe.label)
     final.parent.mkdir(parents=True, exist_ok=True)
     # One builder per root at a time; a second waits and then reuses the first one's root.
     with open(final.parent / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _ensure_locked(final, suite, identity, log, mirror)
+            return _ensure_locked(final, recipe, identity, log)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _ensure_locked(final: Path, suite: str, identity: str, log: StepLog,
-                   mirror: Optional[str]) -> Tuple[ToolRoot, bool]:
-    gcc = gcc_package(identity)
+def _ensure_locked(final: Path, recipe: RootRecipe, identity: str, log: StepLog) -> Tuple[ToolRoot, bool]:
     stamp = _read_stamp(final)
     if stamp and stamp.get("compiler") == identity and stamp.get("format") == FORMAT:
-        return ToolRoot(final, suite, identity), True
+        return ToolRoot(final, recipe.name, identity), True
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     start = time.monotonic()
     try:
-        _bootstrap(tmp, suite, gcc, mirror or debian_archive_uri(), log)
-        verify_root(tmp, suite, identity)
-        (tmp / STAMP).write_text(json.dumps({"format": FORMAT, "suite": suite, "compiler": identity,
-                                             "package": gcc, "seconds": round(time.monotonic() - start, 1)}),
+        _populate(tmp, recipe, log)
+        verify_root(tmp, recipe, identity)
+        (tmp / STAMP).write_text(json.dumps({"format": FORMAT, "suite": recipe.name, "compiler": identity,
+                                             "package": recipe.gcc, "seconds": round(time.monotonic() - start, 1)}),
                                  encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -208,4 +236,4 @@ def _ensure_locked(final: Path, suite: str, identity: str, log: StepLog,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ToolRoot(final, suite, identity), False
+    return ToolRoot(final, recipe.name, identity), False
