@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import EHDR_SIZE, identify
@@ -100,14 +100,17 @@ def _check_object(path: Path) -> None:
 
 def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdir: Path,
                        log: Union[StepLog, Path, str], replace: bool = True, jobs: int = 2,
-                       kmod_dir: Optional[Path] = None) -> Path:
-    """Build ``<name>.ko`` in ``workdir/<name>`` from ``objects``; return its path."""
+                       kmod_dir: Optional[Path] = None, sources: Optional[Mapping[str, bytes]] = None) -> Path:
+    """Build ``<name>.ko`` in ``workdir/<name>`` from ``objects``; return its path.
+
+    ``sources``: the hook's files already read (``kmod_sources``); else they are read from ``kmod_dir``.
+    """
     log = as_steplog(log)
     name = module_name(name)
     headers, workdir = Path(headers), Path(workdir)
     if not (headers / "Makefile").is_file():
         raise KbuildError(f"{headers} is not a kernel headers/build directory (no Makefile)")
-    sources = kmod_sources(kmod_dir)
+    sources = kmod_sources(kmod_dir) if sources is None else sources
     if not objects:
         raise KbuildError("no engine output objects to link into the patch module")
     names = [Path(o).name for o in objects]

@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing import engine_output_path, run_engine
@@ -109,15 +109,16 @@ class Build:
 # --------------------------------------------------------------------------- helpers
 
 
-def patch_include_dir(cache_dir: Path, kmod_dir: Optional[Path] = None) -> Path:
+def patch_include_dir(cache_dir: Path, hook: Optional[Mapping[str, bytes]] = None) -> Path:
     """A directory with the patch-author headers, so patched sources can ``#include "kpatch-macros.h"``.
 
     kpatch-build puts its patch headers on the include path the same way; the path is stable so
     that kbuild's command-line check does not rebuild objects needlessly between builds.
+    ``hook``: the hook's files as the build read them (default: the collection's ``kmod/``).
     """
     inc = cache_dir / "include"
     inc.mkdir(parents=True, exist_ok=True)
-    for name, data in kmod_sources(kmod_dir).items():
+    for name, data in (kmod_sources() if hook is None else hook).items():
         if name.endswith(".h"):
             dest = inc / name
             if not dest.is_file() or dest.read_bytes() != data:
@@ -175,7 +176,7 @@ def compile_objects(build: Build) -> None:
     with VmlinuxReads(req, build.log) as reads:
         # The same flags for the header mapping's compiles as for the build below: kbuild then finds
         # the objects it compiled up to date instead of compiling them again.
-        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.kmod_dir)}"
+        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.hook_sources)}"
         build.compiled = (compile_oot(req, req.oot, build.log, build.work, cflags) if req.oot
                           else compile_kernel(req, build.log, build.work, toolchain.other_compiler, cflags,
                                               compiler=toolchain.identity, debuginfo=reads.debuginfo))
@@ -201,7 +202,7 @@ def link_module(build: Build) -> None:
         with log.step("strip-objtool-output") as res:
             res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
     linked = build_patch_module(Path(req.headers), outputs, req.module_name, build.work / "kmod", log,
-                                replace=req.replace, jobs=req.jobs, kmod_dir=req.kmod_dir)
+                                replace=req.replace, jobs=req.jobs, sources=req.hook_sources)
     build.klp_ko = build.work / f"{req.module_name}.ko"
     with log.step("create-klp-module") as res:
         conv = create_klp_module(str(linked), str(build.klp_ko), max_symbol_name(req.release))
