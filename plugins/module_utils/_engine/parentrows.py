@@ -6,15 +6,16 @@
 vmlinux has about 120,000 symbols and one object asks about a few dozen names.  Building a
 Python object and a dictionary entry for every row costs a quarter of a second per build, so the
 rows are kept as a few flat columns (``array``/``bytes``) plus a name index made once when the
-table is first built: the unique names in sorted order and, per name, its rows in table order.
-The same columns are the build's cached form of the table (``to_payload``/``from_payload``):
-loading them is a few large copies and one dictionary of the unique names.
+table is first built: the unique names in sorted order (searched by bisection) and, per name,
+its rows in table order.  The same columns are the build's cached form of the table
+(``to_payload``/``from_payload``): loading them is a few large copies and one split of the names.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
+from bisect import bisect_left
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 # One row: name, value, size, bind, type, defined, ELF symbol index, in an .init* section.
@@ -42,7 +43,6 @@ class SymbolRows:
         # rows grouped by name id (ascending rows within a name) and where each name's group starts
         self.by_name: Sequence[int] = columns["by_name"]
         self.starts: Sequence[int] = columns["starts"]
-        self._position = dict(zip(names, range(len(names))))
         self._check()
 
     def _check(self) -> None:
@@ -107,8 +107,12 @@ class SymbolRows:
 
     def rows_named(self, name: str) -> Sequence[int]:
         """The rows called ``name``, in table order."""
-        i = self._position.get(name)
-        return self.by_name[self.starts[i]:self.starts[i + 1]] if i is not None else ()
+        # A binary search of the sorted names: a dictionary of 110,000 names would cost more to
+        # build than a build's few hundred lookups cost this way.
+        i = bisect_left(self.names, name)
+        if i == len(self.names) or self.names[i] != name:
+            return ()
+        return self.by_name[self.starts[i]:self.starts[i + 1]]
 
     def fields(self, row: int) -> Fields:
         flags = self.flags[row]
