@@ -143,6 +143,6 @@ def build_recorded(tree: PreparedTree, commands: Dict[str, str], out_dir: Path, 
             if _EXPORTS in dest.read_bytes() and _EXPORTS not in (Path(unpatched_dir) / rel).read_bytes():
                 dest.unlink()
                 left.append(rel)
-        res.detail = f"{' '.join(sorted(commands))} -> {out_dir}" + (f"; exports, left to make: {' '.join(left)}"
-                                                                      if left else "")
+        exporting = f"; exports, left to make: {' '.join(left)}" if left else ""
+        res.detail = f"{' '.join(sorted(commands))} -> {out_dir}{exporting}"
     return left
