@@ -32,7 +32,8 @@ from typing import Dict, List, Optional
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree, tree_lock
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
 
-VERDICT_NAME = "recorded-command.json"
+# A dot name: the cache entries beside it (objcache) are the directories without one.
+VERDICT_NAME = ".recorded-command.json"
 # kbuild writes ``$`` as ``$$`` and ``#`` as ``$(pound)`` in a .cmd file (it is a Makefile fragment).
 _MAKE_ESCAPES = (("$(pound)", "#"), ("$$", "$"))
 # The section-name prefix of an exported symbol's entry (``__ksymtab``, ``__ksymtab_gpl``, ...).
