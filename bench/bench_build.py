@@ -7,6 +7,8 @@ Prints, measured in this one run:
   cached vmlinux reads and unpatched object) is reused;
 * second patch: another change to the same file, so only its patched side is compiled;
 * the peak memory (maximum resident set) of this process;
+* the load average before and after, and each build's CPU time (this process and its children):
+  wall times taken on a busy machine are not the idle ones;
 * with ``--full-build``: a full ``make -j$(nproc) vmlinux`` of the same tree with the fast path's
   code-generation flags (what the reference tool's cold cache costs, ~10.5 min on 2 cores for
   6.1) and the ratios against it.
@@ -95,12 +97,18 @@ def request(art, cache: Path, out: Path, name: str, patch: Path) -> BuildRequest
                         modules_dir=art.modules_dir, jobs=os.cpu_count() or 2)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children: a figure a busy machine inflates far less."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed_build(art, cache: Path, out: Path, name: str, patch: Path) -> float:
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     result = build_livepatch(request(art, cache, out, name, patch))
     seconds = time.monotonic() - start
     stages = " ".join(f"{k}={v:.1f}s" for k, v in result.timings.items())
-    print(f"  {name}: {seconds:.1f}s ({stages})", flush=True)
+    print(f"  {name}: {seconds:.1f}s, {cpu_seconds() - cpu:.1f}s CPU ({stages})", flush=True)
     return seconds
 
 
@@ -129,6 +137,10 @@ def full_vmlinux_build(art, cache: Path, out: Path, patch: Path) -> float:
     return seconds
 
 
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full-build", action="store_true", help="also time a full vmlinux build (~10 min)")
@@ -139,11 +151,11 @@ def main() -> int:
         cache, out = Path(tmp) / "cache", Path(tmp) / "out"
         share_toolroots(cache)
         patch = first_patch(art, Path(tmp) / "first.patch")
-        print(f"kpatch_build fast path, {art.release}, meminfo example, {os.cpu_count()} cores")
+        print(f"kpatch_build fast path, {art.release}, meminfo example, {os.cpu_count()} cores, {load_average()}")
         cold = timed_build(art, cache, out, "livepatch-bench-cold", patch)
         warm = timed_build(art, cache, out, "livepatch-bench-warm", patch)
         second = timed_build(art, cache, out, "livepatch-bench-second", second_patch(art, Path(tmp) / "second.patch"))
-        print(f"cold {cold:.1f}s, warm {warm:.1f}s, second patch to the same file {second:.1f}s")
+        print(f"cold {cold:.1f}s, warm {warm:.1f}s, second patch to the same file {second:.1f}s ({load_average()})")
         # Children (make, gcc) are not counted: a forked child's peak starts at this process's size.
         print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (the build process), "
               f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB (largest child)")

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, module_name
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
+    build_patch_module,
+    kmod_sources,
+    module_name,
+    start_hook_object,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
 from tests.testbed.kbuild import modinfo_field
 from tests.testbed.vm import run_in_initramfs
@@ -76,6 +81,44 @@ def test_module_links_hook_and_engine_object(kernel_6_1, hook_ko):
         start, end = syms[f"__kpatch_callbacks_{kind}"], syms[f"__kpatch_callbacks_{kind}_end"]
         assert int(end, 16) - int(start, 16) == 16, kind
     assert syms["__kpatch_force_funcs"] == syms["__kpatch_force_funcs_end"]
+
+
+def test_hook_compiled_ahead_gives_the_same_module_and_is_not_compiled_again(kernel_6_1, hook_ko, tmp_path):
+    """The hook's early compile (kbuild's own single target) leaves kbuild nothing to redo for it:
+    the module is byte for byte the one built in one go in the same directory."""
+    output = hook_ko.parents[2] / "output.o"
+    sources = kmod_sources()
+    log = StepLog(tmp_path / "build.log")
+    in_one_go = build_patch_module(kernel_6_1.headers, [output], "livepatch-ahead", tmp_path, log).read_bytes()
+    hook = start_hook_object(kernel_6_1.headers, "livepatch-ahead", tmp_path, log, True, sources)
+    hook.wait()
+    assert hook.error is None and (hook.build_dir / "livepatch-patch-hook.o").is_file()
+    link_output_starts = log.output_path.stat().st_size
+    ahead = build_patch_module(kernel_6_1.headers, [output], "livepatch-ahead", tmp_path, log, sources=sources,
+                               hook=hook)
+    assert ahead.read_bytes() == in_one_go
+    link_output = log.output_path.read_text()[link_output_starts:]
+    assert "livepatch-ahead.mod.o" in link_output and "livepatch-patch-hook.o" not in link_output
+    other = start_hook_object(kernel_6_1.headers, "livepatch-other", tmp_path, log, True, sources)
+    with pytest.raises(KbuildError, match="not for livepatch-ahead.ko"):
+        build_patch_module(kernel_6_1.headers, [output], "livepatch-ahead", tmp_path, log, sources=sources,
+                           hook=other)
+
+
+def test_failed_early_hook_compile_is_done_again_by_the_link(kernel_6_1, hook_ko, tmp_path):
+    output = hook_ko.parents[2] / "output.o"
+    sources = kmod_sources()
+    broken = dict(sources, **{"livepatch-patch-hook.c": sources["livepatch-patch-hook.c"] + b"\n#error ahead\n"})
+    log = StepLog(tmp_path / "build.log")
+    hook = start_hook_object(kernel_6_1.headers, "livepatch-retry", tmp_path, log, True, broken)
+    hook.wait()
+    assert isinstance(hook.error, KbuildError) and "compiling the patch hook" in str(hook.error)
+    # (the staged files are the build's own: mend the one the test broke, as a fixed hook would be)
+    (hook.build_dir / "livepatch-patch-hook.c").write_bytes(sources["livepatch-patch-hook.c"])
+    hook.sources = sources
+    ko = build_patch_module(kernel_6_1.headers, [output], "livepatch-retry", tmp_path, log, sources=sources, hook=hook)
+    assert modinfo_field(ko, "livepatch") == "Y"
+    assert "compiled ahead failed" in log.path.read_text()
 
 
 def test_build_patch_module_refusals(kernel_6_1, tmp_path):

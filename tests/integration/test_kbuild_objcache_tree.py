@@ -10,6 +10,7 @@ import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.objcache import build_unpatched
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import host_compiler
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.recorded import build_recorded
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import StepLog
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.tree import (
     build_objects,
@@ -86,3 +87,23 @@ def test_other_config_prepares_again_and_misses(kernel_6_1, workdir, compiler, t
     other = prepare(kernel_6_1, workdir, config)
     assert not other.reused
     assert unpatched(other, tmp_path / "c", compiler).compiled == [OBJ]
+
+
+def test_recorded_command_gives_kbuilds_patched_object(kernel_6_1, workdir, compiler, tmp_path):
+    """In Debian's 6.1 tree (gcc, then objtool on the object): the recorded command is proven on
+    the unpatched source and gives the patched object byte for byte as make does."""
+    tree = prepare(kernel_6_1, workdir, kernel_6_1.config)
+    outcome = build_unpatched(tree, [OBJ], FLAGS, tmp_path / "a", 2, compiler, build=build_objects,
+                              prove_commands=True)
+    assert list(outcome.commands) == [OBJ] and "objtool" in outcome.commands[OBJ]
+    source = patch_file(tmp_path, tree, "fs/proc/meminfo.c", '"Percpu:         "', '"PERCPU:         "')
+    with patched_tree(tree, [source]):
+        assert build_recorded(tree, outcome.commands, tmp_path / "direct", tmp_path / "a") == []
+        build_objects(tree, [OBJ], FLAGS, tmp_path / "make")
+    direct = (tmp_path / "direct" / OBJ).read_bytes()
+    assert direct == (tmp_path / "make" / OBJ).read_bytes() != (tmp_path / "a" / OBJ).read_bytes()
+    # the verdict is kept: a second build proves nothing again
+    again = build_unpatched(tree, [OBJ], FLAGS, tmp_path / "b", 2, compiler, build=build_objects,
+                            prove_commands=True)
+    assert again.commands == outcome.commands
+    assert sum("prove-recorded-command" in line for line in tree.log.lines) == 1

@@ -1,6 +1,9 @@
 """Which objtool a prepared tree takes from the headers, and the make options that keep it."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prebuilt import (
     find_prebuilt_tools,
@@ -66,3 +69,13 @@ def test_make_skips():
     assert make_skips(True) == ["-o", "tools/objtool", "-o", "tools/bpf/resolve_btfids"]
     # A full build links vmlinux: it needs resolve_btfids, and still uses the headers' objtool.
     assert make_skips(True, whole_kernel=True) == ["-o", "tools/objtool"]
+
+
+def test_the_digest_is_of_the_files_identity_not_their_bytes(tmp_path, monkeypatch):
+    flavour = headers_dir(tmp_path, dispatcher=True)
+    first = find_prebuilt_tools(flavour, "6.1.176", "6.1.176")[0]
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read to find the tools"))
+    assert find_prebuilt_tools(flavour, "6.1.176", "6.1.176")[0].digest == first.digest
+    # the same size, another mtime (a reinstalled package): another digest, the tree is prepared again
+    os.utime(flavour / "tools/objtool/objtool.real-x86", ns=(1, 1))
+    assert find_prebuilt_tools(flavour, "6.1.176", "6.1.176")[0].digest != first.digest

@@ -121,5 +121,6 @@ def test_only_toolchain_commands_go_into_the_root(tmp_path: Path) -> None:
     dirs = [headers, *header_binds(headers)]
     assert needs_toolchain(["make", "-C", "/x", "modules_prepare"], dirs)
     assert needs_toolchain([str(headers / "scripts" / "sign-file"), "sha256"], dirs)
+    assert needs_toolchain(["sh", "-c", "gcc -c -o fs/x.o fs/x.c ; ./tools/objtool/objtool fs/x.o"], dirs)
     for host_side in (["cp", "-al", "/a", "/b"], ["patch", "-p1"], ["apt-get", "download", "x"], ["/bin/cp"]):
         assert not needs_toolchain(host_side, dirs)

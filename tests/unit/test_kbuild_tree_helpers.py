@@ -19,7 +19,7 @@ from tests.unit.kbuild_trees import make_tree
 
 def test_debian_release_overrides_kernelversion():
     # 6.1.176 sources are released as 6.1.0-50-cloud-amd64: no suffix can turn one into the other
-    assert release_settings("6.1.176", "6.1.0-50-cloud-amd64", 'CONFIG_LOCALVERSION=""\n') == (
+    assert release_settings("6.1.176", "6.1.0-50-cloud-amd64", "") == (
         ("KERNELVERSION=6.1.0-50-cloud-amd64", "LOCALVERSION="), None)
 
 
@@ -29,10 +29,10 @@ def test_rpm_style_release_uses_localversion_file():
 
 
 def test_config_localversion_is_accounted_for():
-    vars_, lv = release_settings("6.5.6", "6.5.6-300.fc39.x86_64+debug", 'CONFIG_LOCALVERSION="+debug"\n')
+    vars_, lv = release_settings("6.5.6", "6.5.6-300.fc39.x86_64+debug", "+debug")
     assert (vars_, lv) == (("LOCALVERSION=",), "-300.fc39.x86_64")
     with pytest.raises(KbuildError, match="does not end with it"):
-        release_settings("6.5.6", "6.5.6-300.fc39.x86_64", 'CONFIG_LOCALVERSION="-rt"\n')
+        release_settings("6.5.6", "6.5.6-300.fc39.x86_64", "-rt")
 
 
 def test_release_equal_to_makefile_version():

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import ELF_MAGIC
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.parentrows import SymbolRows
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHN_UNDEF,
     STB_GLOBAL,
@@ -235,39 +236,115 @@ def read_symvers(path: Optional[str]) -> Dict[str, ExportInfo]:
     return exports
 
 
-class ParentSymtab:
-    """The parent's symbol table, indexed once for all lookups.
+@dataclass
+class _FullViews:
+    """Every row of the table by kind, for callers that list the whole table (tests, reports)."""
 
-    ``wanted`` set: the table holds only the rows one object needs (:func:`load_parent_symtab`),
-    and a question about any other name is refused rather than answered from a partial table.
+    globals: Dict[str, ParentSymbol] = field(default_factory=dict)
+    locals_by_name: Dict[str, List[ParentSymbol]] = field(default_factory=dict)
+    named: Dict[str, List[ParentSymbol]] = field(default_factory=dict)
+    blocks: List[FileBlock] = field(default_factory=list)
+    blocks_by_name: Dict[str, List[FileBlock]] = field(default_factory=dict)
+
+
+def _is_named_local(sym: ParentSymbol) -> bool:
+    """A local a file block holds: named, and neither a section nor a file symbol."""
+    return sym.bind == STB_LOCAL and bool(sym.name) and sym.type not in (STT_FILE, STT_SECTION)
+
+
+def _in_kallsyms(sym: ParentSymbol) -> bool:
+    """What kallsyms holds and klp counts sympos over: every defined, named symbol."""
+    return sym.defined and bool(sym.name) and sym.type not in (STT_FILE, STT_SECTION)
+
+
+class ParentSymtab:
+    """The parent's symbol table; each lookup reads only the rows of the name it asks about.
+
+    The rows are columns indexed by name (:class:`SymbolRows`): the table is made from
+    ParentSymbols, or from columns already indexed (the build's cached form, which loads without
+    touching every row).  A row becomes a ParentSymbol when a lookup first reads it, and stays
+    the same object.  ``wanted`` set: the table holds only the rows one object needs
+    (:func:`load_parent_symtab`), and a question about any other name is refused rather than
+    answered from a partial table.
     """
 
-    def __init__(self, symbols: List[ParentSymbol], objname: str, wanted: Optional[Wanted] = None) -> None:
+    def __init__(self, symbols: Union[Sequence[ParentSymbol], SymbolRows], objname: str,
+                 wanted: Optional[Wanted] = None) -> None:
         self.objname = objname
         self.wanted = wanted
         self.is_vmlinux = objname == "vmlinux"
-        self.globals: Dict[str, ParentSymbol] = {}
-        self.locals_by_name: Dict[str, List[ParentSymbol]] = {}
-        # every defined, named symbol by name: what kallsyms holds and klp counts sympos over
-        self.named: Dict[str, List[ParentSymbol]] = {}
-        self.blocks: List[FileBlock] = []
-        self.blocks_by_name: Dict[str, List[FileBlock]] = {}
-        current: Optional[FileBlock] = None
-        for sym in symbols:
-            if sym.defined and sym.name and sym.type not in (STT_FILE, STT_SECTION):
-                self.named.setdefault(sym.name, []).append(sym)
-            if sym.type == STT_FILE:
-                current = FileBlock(sym.name)
-                self.blocks.append(current)
-                self.blocks_by_name.setdefault(sym.name, []).append(current)
-            elif sym.bind == STB_LOCAL:
-                if sym.type == STT_SECTION or not sym.name:
-                    continue
-                self.locals_by_name.setdefault(sym.name, []).append(sym)
-                if current is not None:
-                    current.locals.append(sym)
-            elif sym.defined:
-                self.globals.setdefault(sym.name, sym)
+        if isinstance(symbols, SymbolRows):
+            self.rows, self._symbols = symbols, {}
+        else:
+            self.rows = SymbolRows.from_fields((s.name, s.value, s.size, s.bind, s.type, s.defined, s.index, s.init)
+                                               for s in symbols)
+            self._symbols = dict(enumerate(symbols))
+        self._blocks_of: Dict[str, List[FileBlock]] = {}
+        self._views: Optional[_FullViews] = None
+
+    def symbol(self, row: int) -> ParentSymbol:
+        """Row ``row`` of the table (the same object every time: sympos ranks compare identity)."""
+        sym = self._symbols.get(row)
+        if sym is None:
+            sym = self._symbols[row] = ParentSymbol(*self.rows.fields(row))
+        return sym
+
+    def _rows_named(self, name: str) -> List[ParentSymbol]:
+        return [self.symbol(row) for row in self.rows.rows_named(name)]
+
+    def _block(self, file_row: int) -> FileBlock:
+        """The locals from STT_FILE row ``file_row`` to the next one."""
+        end = self.rows.next_of_type(STT_FILE, file_row + 1)
+        locals_ = [self.symbol(row) for row in range(file_row + 1, end) if self.rows.binds[row] == STB_LOCAL]
+        return FileBlock(self.symbol(file_row).name, [s for s in locals_ if _is_named_local(s)])
+
+    def file_blocks(self, filename: str) -> List[FileBlock]:
+        """The blocks of every STT_FILE symbol called ``filename``, in table order."""
+        if filename not in self._blocks_of:
+            self._blocks_of[filename] = [self._block(row) for row in self.rows.rows_named(filename)
+                                         if self.rows.types[row] == STT_FILE]
+        return self._blocks_of[filename]
+
+    def _full_views(self) -> _FullViews:
+        if self._views is None:
+            views, current = _FullViews(), None
+            for sym in map(self.symbol, range(len(self.rows))):
+                if _in_kallsyms(sym):
+                    views.named.setdefault(sym.name, []).append(sym)
+                if sym.type == STT_FILE:
+                    current = FileBlock(sym.name)
+                    views.blocks.append(current)
+                    views.blocks_by_name.setdefault(sym.name, []).append(current)
+                elif _is_named_local(sym):
+                    views.locals_by_name.setdefault(sym.name, []).append(sym)
+                    if current is not None:
+                        current.locals.append(sym)
+                elif sym.bind != STB_LOCAL and sym.defined:
+                    views.globals.setdefault(sym.name, sym)
+            self._views = views
+        return self._views
+
+    @property
+    def globals(self) -> Dict[str, ParentSymbol]:
+        """Every defined global or weak symbol by name (the first of a name)."""
+        return self._full_views().globals
+
+    @property
+    def locals_by_name(self) -> Dict[str, List[ParentSymbol]]:
+        return self._full_views().locals_by_name
+
+    @property
+    def named(self) -> Dict[str, List[ParentSymbol]]:
+        """Every symbol kallsyms holds, by name."""
+        return self._full_views().named
+
+    @property
+    def blocks(self) -> List[FileBlock]:
+        return self._full_views().blocks
+
+    @property
+    def blocks_by_name(self) -> Dict[str, List[FileBlock]]:
+        return self._full_views().blocks_by_name
 
     def select_object_blocks(self, obj: ElfObject) -> ObjectBlocks:
         """The block of every source file of ``obj`` (several after ``ld -r``), chosen by its locals."""
@@ -281,8 +358,9 @@ class ParentSymtab:
 
     def select_file_block(self, filename: str, local_names: Iterable[str]) -> FileBlock:
         """The block of ``filename`` holding the object's locals (best match, must be unique)."""
-        candidates = self.blocks_by_name.get(filename, [])
-        if not candidates and not self.blocks and not self.is_vmlinux:
+        candidates = self.file_blocks(filename)
+        has_blocks = self.rows.next_of_type(STT_FILE, 0) < len(self.rows)
+        if not candidates and not has_blocks and not self.is_vmlinux:
             # Distro modules are shipped without STT_FILE symbols: the whole module is the
             # block, and find_local's one-match rule refuses names it cannot tell apart.
             whole = FileBlock(filename)
@@ -308,7 +386,7 @@ class ParentSymtab:
     def _kallsyms_rank(self, sym: ParentSymbol) -> int:
         """``sympos`` of ``sym``: the kernel walks kallsyms counting every symbol of the name."""
         self._check_covered(sym.name)
-        same = self.named.get(sym.name, [sym])
+        same = [s for s in self._rows_named(sym.name) if _in_kallsyms(s)] or [sym]
         if self.is_vmlinux:
             return _rank(sorted(same, key=lambda s: (s.value, s.index)), sym)
         # a module's kallsyms lose the .init* symbols once its init returns: the patch may be
@@ -337,7 +415,8 @@ class ParentSymtab:
 
     def find_global(self, name: str) -> Optional[Resolution]:
         self._check_covered(name)
-        sym = self.globals.get(name)
+        sym = next((s for s in self._rows_named(name) if s.bind != STB_LOCAL and s.defined and s.type != STT_FILE),
+                   None)
         if sym is None:
             return None
         return Resolution(sym.name, self.objname, self._kallsyms_rank(sym), sym.bind, sym.type,

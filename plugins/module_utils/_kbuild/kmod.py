@@ -11,10 +11,13 @@ into a fresh directory and runs kbuild against a kernel's headers
 
 from __future__ import annotations
 
+import contextvars
 import re
 import shutil
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import EHDR_SIZE, identify
@@ -98,16 +101,78 @@ def _check_object(path: Path) -> None:
         raise KbuildError(f"{path} is not a relocatable ELF object (.o)")
 
 
+def _check_headers(headers: Path) -> None:
+    if not (headers / "Makefile").is_file():
+        raise KbuildError(f"{headers} is not a kernel headers/build directory (no Makefile)")
+
+
+def _stage(build_dir: Path, sources: Mapping[str, bytes]) -> None:
+    """A fresh ``build_dir`` holding the hook's files."""
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True)
+    for f, data in sources.items():
+        (build_dir / f).write_bytes(data)
+
+
+@dataclass
+class HookObject:
+    """The hook compiled by kbuild in the module's directory while the build does other work.
+
+    The link's kbuild run then finds ``livepatch-patch-hook.o`` up to date by its own rule (the
+    recorded command line is the one it would run), so the module's bytes are kbuild's either way;
+    an early compile that failed is simply done again by the link, which reports the error.
+    """
+
+    build_dir: Path
+    name: str
+    replace: bool
+    sources: Mapping[str, bytes]
+    thread: threading.Thread
+    error: Optional[Exception] = None
+
+    def wait(self) -> None:
+        self.thread.join()
+
+
+def start_hook_object(headers: Path, name: str, workdir: Path, log: StepLog, replace: bool,
+                      sources: Mapping[str, bytes]) -> HookObject:
+    """Stage ``workdir/<name>`` and compile the hook there in the background (``HookObject``)."""
+    name, headers = module_name(name), Path(headers)
+    _check_headers(headers)
+    build_dir = Path(workdir) / name
+    _stage(build_dir, sources)
+
+    def compile_hook() -> None:
+        try:
+            with log.step("compile-hook", f"{build_dir.name}/livepatch-patch-hook.o (while the objects are built)"):
+                run_logged(log, ["make", "-C", str(build_dir), f"KDIR={headers}", f"KPATCH_NAME={name}",
+                                 f"KLP_REPLACE={1 if replace else 0}", "hook"], what="compiling the patch hook")
+        except Exception as exc:  # pylint: disable=broad-except  # the link compiles it again and reports
+            hook.error = exc
+
+    # The thread runs in a copy of this context: a toolchain root's command wrapper applies there too.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(compile_hook,),
+                              name=f"hook-{name}", daemon=True)
+    hook = HookObject(build_dir, name, replace, sources, thread)
+    thread.start()
+    return hook
+
+
 def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdir: Path,
                        log: Union[StepLog, Path, str], replace: bool = True, jobs: int = 2,
-                       kmod_dir: Optional[Path] = None) -> Path:
-    """Build ``<name>.ko`` in ``workdir/<name>`` from ``objects``; return its path."""
+                       kmod_dir: Optional[Path] = None, sources: Optional[Mapping[str, bytes]] = None,
+                       hook: Optional[HookObject] = None) -> Path:
+    """Build ``<name>.ko`` in ``workdir/<name>`` from ``objects``; return its path.
+
+    ``sources``: the hook's files already read (``kmod_sources``); else they are read from ``kmod_dir``.
+    ``hook``: the directory staged and its hook compiled ahead by ``start_hook_object``.
+    """
     log = as_steplog(log)
     name = module_name(name)
     headers, workdir = Path(headers), Path(workdir)
-    if not (headers / "Makefile").is_file():
-        raise KbuildError(f"{headers} is not a kernel headers/build directory (no Makefile)")
-    sources = kmod_sources(kmod_dir)
+    _check_headers(headers)
+    sources = kmod_sources(kmod_dir) if sources is None else sources
     if not objects:
         raise KbuildError("no engine output objects to link into the patch module")
     names = [Path(o).name for o in objects]
@@ -115,11 +180,14 @@ def build_patch_module(headers: Path, objects: Sequence[Path], name: str, workdi
         raise KbuildError(f"engine output object names must be distinct and not clash with the hook: {names}")
     build_dir = workdir / name
     with log.step("build-patch-module", f"{name}.ko from {' '.join(names)}") as res:
-        if build_dir.exists():
-            shutil.rmtree(build_dir)
-        build_dir.mkdir(parents=True)
-        for f, data in sources.items():
-            (build_dir / f).write_bytes(data)
+        if hook is not None:
+            hook.wait()
+            if (hook.build_dir, hook.name, hook.replace, dict(hook.sources)) != (build_dir, name, replace, dict(sources)):
+                raise KbuildError(f"internal error: the hook compiled ahead in {hook.build_dir} is not for {name}.ko")
+            if hook.error is not None:
+                log.note("compile-hook", f"compiled ahead failed ({hook.error}); kbuild compiles it with the module")
+        else:
+            _stage(build_dir, sources)
         for obj in objects:
             _check_object(Path(obj))
             shutil.copyfile(obj, build_dir / Path(obj).name)

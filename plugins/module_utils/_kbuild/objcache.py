@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -27,6 +27,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared 
     PreparedTree,
     tree_lock,
 )
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.recorded import prove
 
 CACHE_FORMAT = 1
 CACHE_DIRNAME = "unpatched-objects"
@@ -39,10 +40,12 @@ Builder = Callable[..., List[object]]
 
 @dataclass(frozen=True)
 class CacheOutcome:
-    """Which objects came from the cache and which kbuild compiled."""
+    """Which objects came from the cache and which kbuild compiled; the proven recorded commands."""
 
     reused: List[str]
     compiled: List[str]
+    # object -> kbuild's recorded command, proven to reproduce its unpatched object (recorded.py)
+    commands: Dict[str, str] = field(default_factory=dict)
 
 
 def _sha256(path: Path) -> str:
@@ -161,10 +164,12 @@ def clear(state_dir: Path) -> None:
 
 
 def build_unpatched(tree: PreparedTree, objects: Sequence[str], extra_cflags: str, out_dir: Path, jobs: int,
-                    compiler: Optional[str], build: Builder) -> CacheOutcome:
+                    compiler: Optional[str], build: Builder, prove_commands: bool = False) -> CacheOutcome:
     """The unpatched ``objects`` into ``out_dir``: cached ones copied, the others compiled by ``build``.
 
     ``compiler`` is the ``.comment`` identity of the compiler kbuild runs; None disables the cache.
+    ``prove_commands``: also find which objects' recorded kbuild commands reproduce them (``recorded``),
+    so that their patched side can be compiled without make.
     """
     out_dir = Path(out_dir)
     with tree_lock(tree.state_dir):
@@ -187,4 +192,10 @@ def build_unpatched(tree: PreparedTree, objects: Sequence[str], extra_cflags: st
                     store(tree, key, rel, out_dir / rel)
         if reused:
             tree.log.note("unpatched-cached", f"{' '.join(reused)} (every dependency unchanged since compiled)")
-    return CacheOutcome(reused=reused, compiled=missing)
+        commands = {}
+        for rel in objects if prove_commands else ():
+            command = prove(tree, _entries(tree, keys[rel]), rel, out_dir / rel, out_dir.parent / "proof") \
+                if keys[rel] else None
+            if command:
+                commands[rel] = command
+    return CacheOutcome(reused=reused, compiled=missing, commands=commands)

@@ -27,6 +27,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot impor
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.patching import HunkAdjustment
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.recorded import build_recorded
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import BuildRequest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.vmlinuxreads import read_debuginfo
@@ -79,9 +80,16 @@ def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cfla
     whose every dependency is unchanged come from the tree's cache instead (``objcache``).
     """
     orig_dir, patched_dir = work / "orig", work / "patched"
-    build_unpatched(tree, objects, cflags, orig_dir, req.jobs, compiler, build=build_objects)
+    # Patched C files only: kbuild's recorded commands (proven here) compile the patched side without make.
+    only_c = all(f.endswith(".c") for p in req.patches for f in changed_files(Path(p)).all)
+    outcome = build_unpatched(tree, objects, cflags, orig_dir, req.jobs, compiler, build=build_objects,
+                              prove_commands=only_c)
     with patched_tree(tree, [Path(p) for p in req.patches], fuzz=req.fuzz) as applied:
-        build_objects(tree, objects, cflags, patched_dir, jobs=req.jobs)
+        through_make = [o for o in objects if o not in outcome.commands]
+        if outcome.commands:
+            through_make += build_recorded(tree, outcome.commands, patched_dir, orig_dir)
+        if through_make:
+            build_objects(tree, sorted(through_make), cflags, patched_dir, jobs=req.jobs)
     return orig_dir, patched_dir, [a for patch in applied for a in patch.adjustments]
 
 

@@ -8,14 +8,15 @@ scratch space, and what each step produced), in the order kpatch-build runs its 
 
 1. ``toolchain`` — the kernel's compiler on the host, or a toolchain root that has it;
 2. ``checks`` — what can fail before any compile (the signing key);
-3. ``compile`` — prepare the release's tree once (cached), compile the changed objects unpatched
+3. ``hook`` — kbuild starts compiling the ``kmod/`` hook's object in the background (it needs
+   nothing the next steps make, and the compile below keeps one core busy);
+4. ``compile`` — prepare the release's tree once (cached), compile the changed objects unpatched
    and patched (vmlinux's debuginfo and struct sizes are read meanwhile);
-4. ``diff`` — the engine on each object pair;
-5. ``module`` — link the outputs with the ``kmod/`` hook against the headers, convert to
-   livepatch format;
-6. ``verify`` — every undefined symbol resolves, objtool's sites are listed, the vermagic;
-7. ``sign`` — the kernel's module signature, when a key is given;
-8. ``publish`` — the module and its result into the cache.
+5. ``diff`` — the engine on each object pair;
+6. ``module`` — link the outputs with the hook against the headers, convert to livepatch format;
+7. ``verify`` — every undefined symbol resolves, objtool's sites are listed, the vermagic;
+8. ``sign`` — the kernel's module signature, when a key is given;
+9. ``publish`` — the module and its result into the cache.
 
 The kernel source tree is restored on every exit path (``patched_tree``) and the module reaches
 the cache only when every step succeeded: a failed build leaves no artifact.  The same inputs
@@ -32,12 +33,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.acquire import acquire_source
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.diffing import engine_output_path, run_engine
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.distro import max_symbol_name
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import build_patch_module, kmod_sources
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import (
+    HookObject,
+    build_patch_module,
+    kmod_sources,
+    start_hook_object,
+)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.modcheck import (
     check_objtool_sites,
     check_undefined_symbols,
@@ -83,6 +89,7 @@ class Build:
     log: StepLog
     work: Path
     toolchain: Optional[Toolchain] = None
+    hook: Optional[HookObject] = None  # compiling in the background from the "hook" step on
     compiled: Optional[CompiledPairs] = None
     sizes: Dict[str, int] = field(default_factory=dict)
     diffs: List[ObjectDiff] = field(default_factory=list)
@@ -109,15 +116,16 @@ class Build:
 # --------------------------------------------------------------------------- helpers
 
 
-def patch_include_dir(cache_dir: Path, kmod_dir: Optional[Path] = None) -> Path:
+def patch_include_dir(cache_dir: Path, hook: Optional[Mapping[str, bytes]] = None) -> Path:
     """A directory with the patch-author headers, so patched sources can ``#include "kpatch-macros.h"``.
 
     kpatch-build puts its patch headers on the include path the same way; the path is stable so
     that kbuild's command-line check does not rebuild objects needlessly between builds.
+    ``hook``: the hook's files as the build read them (default: the collection's ``kmod/``).
     """
     inc = cache_dir / "include"
     inc.mkdir(parents=True, exist_ok=True)
-    for name, data in kmod_sources(kmod_dir).items():
+    for name, data in (kmod_sources() if hook is None else hook).items():
         if name.endswith(".h"):
             dest = inc / name
             if not dest.is_file() or dest.read_bytes() != data:
@@ -169,13 +177,21 @@ def check_signing(build: Build) -> None:
                 what=f"signing with signing_key {req.signing_key} and signing_cert {req.signing_cert}")
 
 
+def start_hook(build: Build) -> None:
+    """The hook's object is compiled by kbuild on the other core while the changed objects are built
+    and diffed; the link then finds it up to date."""
+    req = build.req
+    build.hook = start_hook_object(Path(req.headers), req.module_name, build.work / "kmod", build.log,
+                                   req.replace, req.hook_sources)
+
+
 def compile_objects(build: Build) -> None:
     """The changed objects, unpatched and patched; vmlinux's reads overlap the tree's preparation."""
     req, toolchain = build.req, build.needs(build.toolchain, "the compiler choice")
     with VmlinuxReads(req, build.log) as reads:
         # The same flags for the header mapping's compiles as for the build below: kbuild then finds
         # the objects it compiled up to date instead of compiling them again.
-        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.kmod_dir)}"
+        cflags = f"{FUNCTION_SECTIONS} -I{patch_include_dir(Path(req.cache_dir), req.hook_sources)}"
         build.compiled = (compile_oot(req, req.oot, build.log, build.work, cflags) if req.oot
                           else compile_kernel(req, build.log, build.work, toolchain.other_compiler, cflags,
                                               compiler=toolchain.identity, debuginfo=reads.debuginfo))
@@ -201,7 +217,7 @@ def link_module(build: Build) -> None:
         with log.step("strip-objtool-output") as res:
             res.detail = " ".join(strip_objtool_output(outputs)) or "nothing to strip"
     linked = build_patch_module(Path(req.headers), outputs, req.module_name, build.work / "kmod", log,
-                                replace=req.replace, jobs=req.jobs, kmod_dir=req.kmod_dir)
+                                replace=req.replace, jobs=req.jobs, sources=req.hook_sources, hook=build.hook)
     build.klp_ko = build.work / f"{req.module_name}.ko"
     with log.step("create-klp-module") as res:
         conv = create_klp_module(str(linked), str(build.klp_ko), max_symbol_name(req.release))
@@ -244,6 +260,7 @@ def publish_to_cache(build: Build) -> None:
 # The build after the compiler choice, in order; each step's time is its stage's in the log.
 BUILD_STEPS: Tuple[Tuple[str, Callable[[Build], None]], ...] = (
     ("checks", check_signing),
+    ("hook", start_hook),
     ("compile", compile_objects),
     ("diff", diff_objects),
     ("module", link_module),
@@ -310,6 +327,8 @@ def build_livepatch(req: BuildRequest) -> BuildResult:
         with commands_through(build.needs(build.toolchain, "the compiler choice").wrapper):
             run_steps(build, BUILD_STEPS)
     finally:
+        if build.hook is not None:
+            build.hook.wait()  # (a failed build's hook compile must not outlive its directory)
         shutil.rmtree(build.work, ignore_errors=True)
     log.stages["total"] = round(time.monotonic() - start, 3)
     result = result_of(build)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cachefile import file_key
+
 OBJTOOL_TARGET = "tools/objtool"
 RESOLVE_BTFIDS_TARGET = "tools/bpf/resolve_btfids"
 _INCLUDE_RE = re.compile(r"^include\s+(\S+)\s*$", re.M)
@@ -38,7 +40,7 @@ _INCLUDE_RE = re.compile(r"^include\s+(\S+)\s*$", re.M)
 
 @dataclass(frozen=True)
 class PrebuiltTools:
-    """The headers' objtool files (name → path) and one digest of their contents."""
+    """The headers' objtool files (name → path) and one digest of their identities (``file_key``)."""
 
     objtool: Dict[str, Path]
     digest: str
@@ -98,7 +100,9 @@ def find_prebuilt_tools(headers: Optional[Path], source_version: str,
         return None, f"the headers are of kernel {headers_version or 'unknown'}, the source is {source_version}"
     files = {p.name: p.resolve() for p in sorted(tool_dir.iterdir())
              if p.name == "objtool" or p.name.startswith("objtool.real-")}
+    # The files' identity, not their bytes: every prepare_tree asks, and a package upgrade
+    # changes the size or mtime (the same rule as the other caches beside the build).
     digest = hashlib.sha256()
     for name, path in sorted(files.items()):
-        digest.update(name.encode() + b"\0" + path.read_bytes())
+        digest.update(name.encode() + b"\0" + file_key(path).encode() + b"\0")
     return PrebuiltTools(objtool=files, digest=digest.hexdigest()), f"objtool from {tool_dir}"

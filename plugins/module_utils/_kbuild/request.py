@@ -9,7 +9,7 @@ build host's distribution plan (``distro.py``); every input is checked before an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -66,6 +66,16 @@ class BuildRequest:
     toolchain_root_mirror: Optional[str] = None
     # The hook sources (kmod/); None: the collection's own (the action plugin passes its copy).
     kmod_dir: Optional[Path] = None
+    # The hook's files as first read (``hook_sources``); carried by ``replace`` to the checked request.
+    hook_files: Optional[Dict[str, bytes]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def hook_sources(self) -> Dict[str, bytes]:
+        """The hook's files (``kmod_sources``), read once: the checks, the cache key, the patch
+        headers and the module link all see the same bytes."""
+        if self.hook_files is None:
+            self.hook_files = kmod_sources(self.kmod_dir)
+        return self.hook_files
 
     @property
     def kernel_config(self) -> KernelConfig:
@@ -113,7 +123,8 @@ def check_inputs(req: BuildRequest) -> BuildRequest:
     if req.kernel_config.values.get("CONFIG_LIVEPATCH") != "y":
         raise KbuildError(f"kernel {req.release} has no CONFIG_LIVEPATCH=y in {req.config}: it cannot load livepatch modules")
     check_fuzz(req.fuzz)
-    kmod_sources(req.kmod_dir)  # the hook's files are all there before any work
+    # The hook's files are all there before any work; read once here, the build uses these bytes.
+    req = replace(req, hook_files=kmod_sources(req.kmod_dir))
     if bool(req.signing_key) != bool(req.signing_cert):
         raise KbuildError("signing needs both signing_key and signing_cert")
     if req.signing_key:

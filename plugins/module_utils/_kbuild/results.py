@@ -16,13 +16,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import (
     host_compiler,
     kernel_compiler,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod import kmod_sources
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.oot import oot_identity
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.request import (
     BuildRequest,
@@ -75,7 +74,7 @@ class BuildResult:
         return asdict(self)
 
 
-def _code_identity(kmod_dir: Optional[Path]) -> str:
+def _code_identity(hook: Mapping[str, bytes]) -> str:
     """Hash of the engine, build and hook sources: a new collection version rebuilds modules."""
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
@@ -83,7 +82,7 @@ def _code_identity(kmod_dir: Optional[Path]) -> str:
                    + list(here.glob("*.py")))
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for name, data in sorted(kmod_sources(kmod_dir).items()):
+    for name, data in sorted(hook.items()):
         digest.update(name.encode() + b"\0" + data)
     return digest.hexdigest()
 
@@ -102,7 +101,7 @@ def cache_key(req: BuildRequest) -> str:
         "fuzz": req.fuzz,
         "signed": _signing_identity(req),
         "compiler": build_compiler(req),
-        "code": _code_identity(req.kmod_dir),
+        "code": _code_identity(req.hook_sources),
         "source": (oot_identity(req.oot) if req.oot else req.acquire.identity if req.acquire
                    else source_identity(Path(req.source_dir))),
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -23,6 +24,9 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 # How much of a failing command's output goes into the exception message.
 ERROR_TAIL_LINES = 25
+# A build may run one command in a background thread (the patch hook, kmod.start_hook_object):
+# each line and each command's output reaches the log whole.
+_LOG_LOCK = threading.Lock()
 
 
 class KbuildError(Exception):
@@ -49,8 +53,8 @@ class StepLog:
     def write(self, step: str, status: str, seconds: float, detail: str = "") -> None:
         """Record one step: time of day, step name, status, duration, detail."""
         line = f"{time.strftime('%H:%M:%S')} {step:<24} {status:<6} {seconds:8.2f}s {detail}".rstrip()
-        self.lines.append(line)
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with _LOG_LOCK, open(self.path, "a", encoding="utf-8") as fh:
+            self.lines.append(line)
             fh.write(line + "\n")
 
     def note(self, step: str, detail: str) -> None:
@@ -79,7 +83,7 @@ class StepLog:
             self.stages[name] = round(self.stages.get(name, 0.0) + time.monotonic() - start, 3)
 
     def append_output(self, header: str, text: str) -> None:
-        with open(self.output_path, "a", encoding="utf-8", errors="replace") as fh:
+        with _LOG_LOCK, open(self.output_path, "a", encoding="utf-8", errors="replace") as fh:
             fh.write(f"===== {time.strftime('%H:%M:%S')} {header}\n{text}")
             if text and not text.endswith("\n"):
                 fh.write("\n")

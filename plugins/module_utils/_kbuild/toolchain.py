@@ -77,13 +77,15 @@ def build_binds(req: BuildRequest, work: Path) -> List[Path]:
 
 def needs_toolchain(argv: Sequence[str], header_dirs: Sequence[Path]) -> bool:
     """Commands that run the kernel's toolchain: ``make`` (gcc, ld, objtool, modpost, pahole run under
-    it) and the headers' own programs (``scripts/sign-file``, built for the kernel's suite).
+    it), kbuild's recorded commands and the headers' own programs (``scripts/sign-file``, built for
+    the kernel's suite).
 
     Everything else (``cp -al`` of the source, ``patch``, downloads) stays on the host: inside
     the root, each bound directory is a mount of its own, and hard links across them fail.
     """
     program = str(argv[0]) if argv else ""
-    if os.path.basename(program) == "make":
+    # ``sh -c`` runs kbuild's recorded compile command of an object (recorded.py), as make would.
+    if os.path.basename(program) in ("make", "sh"):
         return True
     if not os.path.isabs(program):
         return False

@@ -118,13 +118,13 @@ def headers_version(headers: Optional[Path]) -> Optional[str]:
         return None
 
 
-def release_settings(kernelversion: str, release: str, config_text: str) -> Tuple[Tuple[str, ...], Optional[str]]:
+def release_settings(kernelversion: str, release: str, conf_lv: str) -> Tuple[Tuple[str, ...], Optional[str]]:
     """How to make kbuild's release string equal ``release``: (make variables, localversion file text).
 
+    ``conf_lv`` is the config's ``CONFIG_LOCALVERSION`` (``KernelConfig.localversion``).
     ``LOCALVERSION=`` (set but empty) is always passed: unset, kbuild would append
     a ``+`` for a tree it thinks is modified.
     """
-    conf_lv = KernelConfig.parse(config_text).localversion
     if conf_lv and not release.endswith(conf_lv):
         raise KbuildError(f"the config sets CONFIG_LOCALVERSION={conf_lv!r} but release {release!r} does not end "
                           "with it: this config does not belong to this release")
@@ -255,7 +255,7 @@ def prepare_tree(source_tree: Path, config: Path, release: str, workdir: Path,
     config_text = kconfig.text
     if kconfig.values.get("CONFIG_MODULES") != "y":
         raise KbuildError(f"{config} is not a kernel config with CONFIG_MODULES=y (livepatch modules need it)")
-    make_vars, localversion = release_settings(kernelversion, release, config_text)
+    make_vars, localversion = release_settings(kernelversion, release, kconfig.localversion)
     state_dir = workdir / release
     root = state_dir / "tree"
     prebuilt, prebuilt_why = find_prebuilt_tools(headers, kernelversion, headers_version(headers))
