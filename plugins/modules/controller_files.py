@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: kpatch.livepatch contributors
-# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/gpl-2.0.txt)
+# GNU General Public License v2.0 or later; by its "any later version" clause that includes
+# version 3 (see https://www.gnu.org/licenses/gpl-2.0.txt)
 """Documentation of kpatch.livepatch.controller_files (an action plugin: plugins/action/controller_files.py)."""
 
 from __future__ import absolute_import, division, print_function
