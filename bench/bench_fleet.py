@@ -6,7 +6,7 @@ pipelining, ControlPersist):
 * first apply: the build (warm builder cache after the first size), the target role, copying,
   verifying and loading the module on every host;
 * re-run: nothing to do (one raw command per host reads its setup stamp and, through the
-  installed runtime, its state; the build is a cache hit).
+  installed runtime, its state: no module runs on the hosts; the build is a cache hit).
 Prints one line per size with the ratio first/re-run (goal: at most 4), then the slowest tasks
 of each first apply and of each re-run (bench/callbacks/task_timings.py), and what a re-run
 executes: a third, untimed run at -vvv counts per host the module runs (Python through
