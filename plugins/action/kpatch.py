@@ -15,7 +15,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import hashlib
 import os
 import shlex
 
@@ -24,16 +23,10 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import sha256_of
+
 MODULE = "kpatch.livepatch.kpatch"
 DEFAULT_INSTALL_DIR = "/var/lib/kpatch"
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ActionModule(ActionBase):
@@ -84,7 +77,7 @@ class ActionModule(ActionBase):
                     local = self._find_needle("files", args["src"])
                 except AnsibleError as exc:
                     raise AnsibleActionFail(to_text(exc))
-                digest = _sha256(local)
+                digest = sha256_of(local)
                 staged = "%s/.staging/%s.ko" % (args.get("install_dir") or DEFAULT_INSTALL_DIR,
                                                 digest)
                 if self._remote_sha256(staged) == digest:

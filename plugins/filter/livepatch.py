@@ -8,14 +8,17 @@ digits, '_' and '-', at most 48 characters; the kernel shows '-' as '_'), used b
 the playbooks alike.  ``livepatch_desired``, ``livepatch_build_items`` and ``livepatch_module_index``:
 what a host must have, which (module, release) pairs the build host builds, and the built modules
 indexed by ``name@release`` — Python instead of Jinja loops, so they are unit-tested.
+``livepatch_fetch_needed``: the built modules the controller does not hold yet.
+``livepatch_state_read``: the setup stamp and the livepatch state out of the one shell command
+that reads both on a target (``playbooks/tasks/gather-target.yml``).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
-
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
@@ -28,6 +31,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.kmod impo
     module_name,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import sha256_of
 
 
 def livepatch_module_name(value, kernel=False, from_patch=False):
@@ -69,6 +73,27 @@ def livepatch_build_items(hosts):
     return items
 
 
+def _artifact_path(artifacts_dir, item):
+    """Where the controller keeps the module built for ``item``: ``<artifacts_dir>/<release>/<name>.ko``."""
+    return "%s/%s/%s.ko" % (artifacts_dir, item["release"], item["name"])
+
+
+def livepatch_fetch_needed(results, artifacts_dir):
+    """The successful builds whose module the controller does not hold yet with the built bytes
+    (no file at its artifact path, or another sha256): the ones the fetch must bring."""
+    needed = []
+    for res in results or []:
+        if res.get("failed"):
+            continue
+        try:
+            held = sha256_of(_artifact_path(artifacts_dir, res["item"])) == res["sha256"]
+        except OSError:
+            held = False
+        if not held:
+            needed.append(res)
+    return needed
+
+
 def livepatch_module_index(results, artifacts_dir):
     """``name@release`` → what was built (file on the controller, sha256, vermagic ...) or why not."""
     index = {}
@@ -82,13 +107,39 @@ def livepatch_module_index(results, artifacts_dir):
             continue
         index[key] = {"name": item["name"], "release": item["release"], "built": True,
                       "kname": kernel_module_name(res["module_name"]),
-                      "file": "%s/%s/%s.ko" % (artifacts_dir, item["release"], item["name"]),
+                      "file": _artifact_path(artifacts_dir, item),
                       "sha256": res["sha256"], "vermagic": res["vermagic"], "replace": res["replace"],
                       "patches": [os.path.basename(p) for p in item["patches"]]}
     return index
 
 
+# The gather's raw read prints the setup stamp on a line of its own, after this prefix.
+STAMP_PREFIX = "kpatch-stamp:"
+
+
+def livepatch_state_read(stdout):
+    """``{stamp, state}`` from the output of the gather's raw read: ``state`` is the facts
+    kpatch_info returns (the JSON line of ``python3 -m kpatch_target.info``), or None when the
+    host printed none (no current runtime) or none that parses (its Python failed: the module
+    run that follows reports why)."""
+    found = {"stamp": "", "state": None}
+    # raw runs under a pseudo-terminal: lines end in \r\n, and stderr is mixed in.
+    for line in to_native(stdout or "").splitlines():
+        line = line.strip()
+        if line.startswith(STAMP_PREFIX):
+            found["stamp"] = line[len(STAMP_PREFIX):].strip()
+        elif line.startswith("{"):
+            try:
+                state = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(state, Mapping) and "release" in state and "installed" in state:
+                found["state"] = state
+    return found
+
+
 class FilterModule(object):
     def filters(self):
         return {"livepatch_module_name": livepatch_module_name, "livepatch_desired": livepatch_desired,
-                "livepatch_build_items": livepatch_build_items, "livepatch_module_index": livepatch_module_index}
+                "livepatch_build_items": livepatch_build_items, "livepatch_module_index": livepatch_module_index,
+                "livepatch_state_read": livepatch_state_read, "livepatch_fetch_needed": livepatch_fetch_needed}

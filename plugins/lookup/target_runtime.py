@@ -10,7 +10,7 @@ zip (package ``kpatch_target``, importable straight from the archive through ``P
 on the controller.  The package mirrors ``module_utils``: ``kpatch_target/_target`` holds the
 runtime and ``kpatch_target/_elf`` the standard-library ELF layer it imports (``.._elf``), and
 a generated ``kpatch_target/boot.py`` keeps the service's entry point
-``python3 -m kpatch_target.boot``.  The bytes depend only on the sources' names and contents (fixed
+``python3 -m kpatch_target.boot`` (and ``kpatch_target/info.py`` prints kpatch_info's facts).  The bytes depend only on the sources' names and contents (fixed
 timestamps and modes, sorted entries), so ``ansible.builtin.copy`` sees the same checksum on
 every run and transfers nothing when the host already has it.
 """
@@ -84,6 +84,13 @@ GENERATED = {
     "boot.py": (b'"""``python3 -m kpatch_target.boot``: the boot service\'s entry point (runs _target.boot)."""\n'
                 b"from kpatch_target._target.boot import main\n\n"
                 b'if __name__ == "__main__":\n    raise SystemExit(main())\n'),
+    # What apply-livepatch.yml runs on a host whose runtime is current instead of the kpatch_info module.
+    "info.py": (b'"""``python3 -m kpatch_target.info [--install-dir DIR]``: the facts kpatch_info returns, one JSON line."""\n'
+                b"import argparse\nimport json\n\nfrom kpatch_target._target.facts import gather_info\n\n"
+                b'if __name__ == "__main__":\n'
+                b'    PARSER = argparse.ArgumentParser(prog="python3 -m kpatch_target.info", description=__doc__)\n'
+                b'    PARSER.add_argument("--install-dir", default="/var/lib/kpatch")\n'
+                b"    print(json.dumps(gather_info(PARSER.parse_args().install_dir), sort_keys=True))\n"),
 }
 # zip's epoch is 1980; any fixed stamp makes the archive reproducible.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)

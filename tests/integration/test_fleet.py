@@ -18,6 +18,7 @@ artifacts.  The tests run in order and share the fleet (module scope):
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from typing import Dict, Iterator
 
@@ -35,6 +36,8 @@ V2_MODULE = "livepatch_meminfo_v2"
 HOSTS = ("vm61a", "vm61b", "vm612")
 FAILING = "vm61b"
 APPLY_V1 = {"kpatch_patch_files": [str(V1)]}
+STATE_READ = "Read the setup stamp and the livepatch state (one raw command)"
+STATE_MODULE = "Gather kpatch_info (the runtime could not read the host)"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,20 @@ def by_host(summary: Dict[str, object]) -> Dict[str, dict]:
     return {h["host"]: h for h in summary["hosts"]}
 
 
+def task_statuses(output: str, task: str) -> Dict[str, str]:
+    """host -> what the default callback printed for the task named ``task`` (ok, skipping, ...)."""
+    statuses: Dict[str, str] = {}
+    inside = False
+    for line in output.splitlines():
+        if line.startswith("TASK ["):
+            inside = line.startswith(f"TASK [{task}]")
+            continue
+        found = re.match(r"^(ok|changed|skipping|failed|fatal): \[([^\] ]+)", line) if inside else None
+        if found:
+            statuses[found.group(2)] = found.group(1)
+    return statuses
+
+
 def junit_cases(fleet: Fleet) -> Dict[str, ET.Element]:
     """The JUnit report the playbook wrote beside the summary, by host."""
     root = ET.parse(fleet.summary.with_suffix(".junit.xml")).getroot()
@@ -88,6 +105,9 @@ def test_build_only_builds_every_release_and_changes_no_target(fleet):
 def test_apply_patches_every_host_with_one_module_per_release(fleet, first_apply):
     run, summary = first_apply
     assert run.rc == 0, run.tail()
+    # No runtime on the hosts yet: the runtime sent inside the command read their state, no module.
+    assert task_statuses(run.output, STATE_READ) == {h: "ok" for h in HOSTS}, run.tail()
+    assert task_statuses(run.output, STATE_MODULE) == {h: "skipping" for h in HOSTS}, run.tail()
     hosts = by_host(summary)
     assert set(hosts) == set(HOSTS)
     assert all(h["outcome"] == "changed" for h in hosts.values()), hosts
@@ -116,6 +136,9 @@ def test_rerun_changes_nothing(fleet, first_apply):
     for host in HOSTS + ("localhost",):
         assert run.changed(host) == 0, f"{host}: {run.recap}\n{run.tail()}"
     assert {h["outcome"] for h in fleet.load_summary()["hosts"]} == {"unchanged"}
+    # The runtime the first apply installed read each host's state: no module run.
+    assert task_statuses(run.output, STATE_READ) == {h: "ok" for h in HOSTS}
+    assert task_statuses(run.output, STATE_MODULE) == {h: "skipping" for h in HOSTS}
     print(f"\nfleet apply: first {first_apply[0].seconds}s, idempotent re-run {run.seconds}s")
 
 

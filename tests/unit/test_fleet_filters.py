@@ -5,6 +5,7 @@ collection found through its ansible.cfg), so the filters are checked by name an
 as the playbooks call them.
 """
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,6 +21,9 @@ NAMES = ["cve fix; now", "a" * 60, "déjà-vu_2"]
 ONE = {"name": "m", "kname": "m", "patches": ["/p"], "replace": True}
 BUILT = {"item": {"name": "m", "release": "6.1", "patches": ["/w/ab-fix.patch"]}, "module_name": "m-x",
          "sha256": "aa", "vermagic": "6.1 SMP", "replace": True}
+STATE = {"release": "6.1.0-50-cloud-amd64", "livepatch_supported": True, "patches": [],
+         "installed": [{"name": "m", "sha256": "aa", "for_running_kernel": True}], "taint": {"mask": 0},
+         "stalled_tasks": []}
 FAILED = {"item": {"name": "m", "release": "6.12", "patches": []}, "failed": True, "msg": "no vmlinux"}
 
 CASES = {
@@ -32,6 +36,13 @@ CASES = {
                [{"kpatch_release": "6.1", "kpatch_desired": [ONE]}, {"kpatch_release": "6.12", "kpatch_desired": [ONE]},
                 {"kpatch_release": "6.1", "kpatch_desired": [ONE]}, {"kpatch_desired": [ONE]}]),
     "index": ("v | kpatch.livepatch.livepatch_module_index('/art')", [BUILT, FAILED]),
+    # The gather's raw read as a pseudo-terminal returns it: \r\n, stderr lines mixed in.
+    "state-read": ("v | kpatch.livepatch.livepatch_state_read",
+                   'kpatch-stamp:abc-1\r\nwarning: something\r\n{"not": "facts"}\r\n%s\r\n' % json.dumps(STATE)),
+    "state-no-runtime": ("v | kpatch.livepatch.livepatch_state_read", "kpatch-stamp:\r\n"),
+    "state-python-failed": ("v | kpatch.livepatch.livepatch_state_read",
+                            'kpatch-stamp:abc-1\r\nTraceback (most recent call last):\r\n'
+                            '  File "<string>", line 1\r\n{"release": "6.1", "insta\r\n'),
 }
 
 
@@ -105,3 +116,28 @@ def test_desired_settles_names_paths_and_replace(tmp_path):
     got = run_play(tmp_path, {"d": ("v | kpatch.livepatch.livepatch_desired(true)", wanted)})["d"]
     assert got == {"ok": [{"name": "fix-one", "kname": "fix_one", "patches": [str(patch)], "replace": True},
                           {"name": "two", "kname": "two", "patches": [], "replace": False}]}
+
+
+def test_state_read_takes_the_stamp_and_the_state(rendered):
+    assert rendered["state-read"] == {"ok": {"stamp": "abc-1", "state": STATE}}
+
+
+def test_state_read_without_runtime_or_with_a_failed_python_has_no_state(rendered):
+    assert rendered["state-no-runtime"] == {"ok": {"stamp": "", "state": None}}
+    # A cut or unparsable state line is no state: the playbook falls back to kpatch_info.
+    assert rendered["state-python-failed"] == {"ok": {"stamp": "abc-1", "state": None}}
+
+
+def test_fetch_needed_lists_only_modules_the_controller_lacks(tmp_path):
+    art = tmp_path / "art"
+    (art / "6.1").mkdir(parents=True)
+    held = art / "6.1" / "m.ko"
+    held.write_bytes(b"built bytes")
+    digest = hashlib.sha256(b"built bytes").hexdigest()
+    same = {"item": {"name": "m", "release": "6.1"}, "sha256": digest, "module_path": "/b/m.ko"}
+    other = {"item": {"name": "m", "release": "6.1"}, "sha256": "0" * 64, "module_path": "/b/m.ko"}
+    missing = {"item": {"name": "m", "release": "6.12"}, "sha256": digest, "module_path": "/b/m12.ko"}
+    failed = {"item": {"name": "m", "release": "7.2"}, "failed": True, "msg": "no vmlinux"}
+    expr = "v | kpatch.livepatch.livepatch_fetch_needed('%s')" % art
+    got = run_play(tmp_path, {"f": (expr, [same, other, missing, failed])})["f"]
+    assert got == {"ok": [other, missing]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,7 +32,8 @@ def test_archive_holds_every_runtime_file_under_the_package(tmp_path: Path) -> N
     with zipfile.ZipFile(archive) as zf:
         assert sorted(zf.namelist()) == sorted([f"kpatch_target/_target/{n}" for n in names]
                                                + [f"kpatch_target/_elf/{n}" for n in elf]
-                                               + ["kpatch_target/__init__.py", "kpatch_target/boot.py"])
+                                               + ["kpatch_target/__init__.py", "kpatch_target/boot.py",
+                                                  "kpatch_target/info.py"])
         for n in names:
             assert zf.read(f"kpatch_target/_target/{n}") == (Path(SOURCES) / n).read_bytes()
         for path in ELF_LAYER:
@@ -119,3 +121,25 @@ def test_base64_format_is_the_archive_the_role_writes_with_one_shell_command(tmp
     assert decoded == archive_bytes(runtime_sources())
     # Sent as one argument of the shell command: well under the kernel's 128 KiB per argument.
     assert len(text) < 96 * 1024, len(text)
+
+
+def test_info_command_prints_the_facts_kpatch_info_returns(tmp_path: Path) -> None:
+    """``python3 -m kpatch_target.info`` from the archive alone gives gather_info's facts (what the
+    apply playbook reads instead of running kpatch_info on a host whose runtime is current)."""
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._target.facts import gather_info  # pylint: disable=import-outside-toplevel
+
+    archive = publish(archive_bytes(runtime_sources()), str(tmp_path / "cache"))
+    install = tmp_path / "install"
+    (install / os.uname().release).mkdir(parents=True)
+    (install / os.uname().release / "not_a_module.ko").write_bytes(b"not ELF")
+    proc = subprocess.run([sys.executable, "-B", "-I", "-c",
+                           "import sys; sys.path.insert(0, sys.argv[1]); import runpy;"
+                           " sys.argv = ['info', '--install-dir', sys.argv[2]];"
+                           " runpy.run_module('kpatch_target.info', run_name='__main__')",
+                           archive, str(install)], capture_output=True, text=True, check=False, cwd=tmp_path,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    facts = json.loads(proc.stdout)
+    assert facts == json.loads(json.dumps(gather_info(str(install))))
+    assert [r["name"] for r in facts["installed"]] == ["not_a_module"] and facts["installed"][0]["error"]
