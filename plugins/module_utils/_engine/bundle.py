@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Dict, List, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
@@ -31,6 +30,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
     Symbol,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
 
 # Prefixes under which gcc places a symbol's own section.
 _SECTION_PREFIXES = (".text.", ".text.unlikely.", ".text.hot.", ".text.startup.", ".data.",
