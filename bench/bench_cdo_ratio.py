@@ -83,8 +83,16 @@ def readelf_symtab(obj: Path, dest: Path) -> Path:
     return dest
 
 
+def interpreter_flags(script: Path) -> List[str]:
+    """The options the script's ``#!`` line gives Python (``#!/usr/bin/env -S python3 -I -S`` -> -I -S):
+    our tool runs under this bench's interpreter, with the options it has when run as installed."""
+    words = script.read_text().split("\n", 1)[0].split()
+    at = next((i for i, word in enumerate(words) if "python" in word.rsplit("/", 1)[-1]), len(words))
+    return words[at + 1:]
+
+
 def tool_argv(tool: Path, orig: Path, patched: Path, symtab: Path, out: Path) -> List[str]:
-    prefix = [sys.executable] if tool == OURS else []
+    prefix = [sys.executable, *interpreter_flags(tool)] if tool == OURS else []
     return prefix + [str(tool), str(orig), str(patched), "vmlinux", str(symtab), "/dev/null", "test_bench", str(out)]
 
 

@@ -81,3 +81,44 @@ def test_bad_command_lines_exit_one_with_the_usage(tmp_path):
                            "--struct-size=BUG=12"], capture_output=True, text=True, env=SIZE_ENV, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["status"] == "changed"
+
+
+def test_runs_through_its_own_first_line_isolated_from_pythonpath(tmp_path):
+    """Executed directly (``#!/usr/bin/env -S python3 -I -S``) the tool gives the same output as under
+    the test's interpreter, and a PYTHONPATH shadowing a standard module it imports cannot reach it."""
+    case = make_case(tmp_path, SRC, SRC.replace("x + 1", "x + 5"))
+    proc, _summary = run_tool(case)
+    assert proc.returncode == 0, proc.stderr
+    expected = case.out.read_bytes()
+    case.out.unlink()
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "struct.py").write_text("raise ImportError('PYTHONPATH reached create-diff-object')\n")
+    direct = subprocess.run([str(TOOL), str(case.orig), str(case.patched), "vmlinux", str(case.parent),
+                             str(case.symvers), "test_patch", str(case.out)], capture_output=True, text=True,
+                            env={**SIZE_ENV, "PYTHONPATH": str(shadow)}, check=False)
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout == proc.stdout and case.out.read_bytes() == expected
+
+
+def test_a_whole_run_imports_neither_typing_nor_a_pyelftools_lookup(tmp_path):
+    """The engine's start-up, paid once per object: a full run (read, every pass, write) under
+    ``python -I -S`` imports no ``typing`` (annotations are strings), no ``importlib.util`` (the
+    reader's pyelftools flag is computed only when asked for) and no pyelftools."""
+    case = make_case(tmp_path, SRC, SRC.replace("x + 1", "x + 5"))
+    script = (
+        "import sys\n"
+        "path = %r\n"
+        "try:\n"
+        "    exec(compile(open(path).read(), path, 'exec'), {'__name__': '__main__', '__file__': path})\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n" % str(TOOL))
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(case.orig), str(case.patched), "vmlinux",
+                           str(case.parent), str(case.symvers), "test_patch", str(case.out)],
+                          capture_output=True, text=True, env=SIZE_ENV, check=False)
+    assert proc.returncode == 0 and case.out.is_file(), proc.stderr
+    modules = set(proc.stderr.split())
+    assert "ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer" in modules  # it did write
+    assert not modules & {"typing", "importlib.util", "elftools"}, sorted(modules & {"typing", "importlib.util",
+                                                                                     "elftools"})

@@ -18,11 +18,17 @@ kernel module (its ``.modinfo`` is read, nothing else).
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, List, NamedTuple, Optional
 
 # Relative: the target runtime archive ships this package under another top-level name.
 from .errors import ElfFormatError
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import BinaryIO, Callable, Dict, List, Optional
+
+    Read = Callable[[int, int, str], bytes]  # (offset, size, what) -> the bytes, or ElfFormatError
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -48,22 +54,12 @@ GROUP_WORD = 4  # SHT_GROUP and SHT_SYMTAB_SHNDX entries are 32-bit words
 _HEADER_FORMATS = {ELFCLASS64: ("16sHHIQQQIHHHHHH", "IIQQQQIIQQ"), ELFCLASS32: ("16sHHIIIIIHHHHHH", "IIIIIIIIII")}
 _BYTE_ORDERS = {ELFDATA2LSB: "<", ELFDATA2MSB: ">"}
 
-Read = Callable[[int, int, str], bytes]
 
+class SectionHeader(namedtuple("SectionHeader", "name type flags addr offset size link info addralign entsize")):
+    """One section header as stored (indices and offsets, nothing resolved), every field an int.
+    ``collections.namedtuple``, not ``typing.NamedTuple``: typing is kept off the start-up."""
 
-class SectionHeader(NamedTuple):
-    """One section header as stored (indices and offsets, nothing resolved)."""
-
-    name: int
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-    info: int
-    addralign: int
-    entsize: int
+    __slots__ = ()
 
 
 @dataclass(frozen=True)

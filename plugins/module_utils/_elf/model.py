@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional
 # ELF constants used across the collection (subset of elf.h, x86-64 only).
 SHT_NULL = 0
 SHT_PROGBITS = 1

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import sys
 from array import array
-from importlib.util import find_spec
-from typing import Dict, List, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
@@ -36,7 +34,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout impor
     RELA_ENTSIZE,
     SYM,
     SYM_ENTSIZE,
-    Read,
     SectionHeader,
     bytes_reader,
     file_reader,
@@ -63,10 +60,30 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 
-# The reader needs no pyelftools; the build module still checks for it, because the build's
-# DWARF readers (``_kbuild.structsizes``, ``_kbuild.debuginfo``) use it.  Looked up, not imported.
-HAS_PYELFTOOLS = find_spec("elftools") is not None
-PYELFTOOLS_IMPORT_ERROR = None if HAS_PYELFTOOLS else "ModuleNotFoundError: No module named 'elftools'"
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
+
+    from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import Read
+
+
+def __getattr__(name: str) -> object:
+    """``HAS_PYELFTOOLS`` / ``PYELFTOOLS_IMPORT_ERROR``, looked up when first asked for.
+
+    The reader needs no pyelftools; the build module still checks for it, because the build's
+    DWARF readers (``_kbuild.structsizes``, ``_kbuild.debuginfo``) use it.  Looked up, not
+    imported, and only on request: the search walks ``sys.path``, which ``create-diff-object``
+    (one process per object) would otherwise pay on every run.
+    """
+    if name not in ("HAS_PYELFTOOLS", "PYELFTOOLS_IMPORT_ERROR"):
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    from importlib.util import find_spec  # pylint: disable=import-outside-toplevel
+
+    found = find_spec("elftools") is not None
+    globals().update(HAS_PYELFTOOLS=found,
+                     PYELFTOOLS_IMPORT_ERROR=None if found else "ModuleNotFoundError: No module named 'elftools'")
+    return globals()[name]
+
 
 _MACHINE_NAMES = {3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22: "S/390",
                   40: "ARM", 183: "AArch64", 243: "RISC-V", 258: "LoongArch"}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfWriteError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
@@ -61,6 +60,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
     Symbol,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional
 
 # Indices a symbol without a section may carry (elf.h special section indices).
 _SPECIAL_SHNDX = (SHN_UNDEF, SHN_ABS, SHN_COMMON, SHN_LIVEPATCH)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Dict, List, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
@@ -32,6 +31,12 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Symbol,
 )
 
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+
+    T = TypeVar("T")
+
 # Prefixes under which gcc places a symbol's own section.
 _SECTION_PREFIXES = (".text.", ".text.unlikely.", ".text.hot.", ".text.startup.", ".data.",
                      ".data.rel.", ".data.rel.local.", ".data.rel.ro.", ".data.rel.ro.local.",
@@ -41,14 +46,18 @@ _CHILD_RE = re.compile(r"^(?P<parent>.+?)\.(?:cold|part\.\d+)(?:\.\d+|\.cold)*$"
 PREFIX_SYMBOLS = ("__pfx_", "__cfi_")
 
 
-def _own_section_names(name: str) -> List[str]:
-    """Section names gcc can give the symbol ``name`` (and its .cold child)."""
-    names = [prefix + name for prefix in _SECTION_PREFIXES]
+_SECTION_PREFIX_SET = frozenset(_SECTION_PREFIXES)
+
+
+def is_own_section(section_name: str, name: str) -> bool:
+    """Whether gcc names ``section_name`` after the symbol ``name`` (a prefix of ``_SECTION_PREFIXES``
+    and the name; for a .cold/.part child also ``.text.unlikely.<parent>``).  Tested by splitting the
+    section name, not by building every candidate: it runs for every function and object symbol."""
+    if section_name.endswith(name) and section_name[:len(section_name) - len(name)] in _SECTION_PREFIX_SET:
+        return True
     match = _CHILD_RE.match(name)
-    if match:
-        # gcc 12 puts foo.cold in .text.unlikely.foo
-        names.append(".text.unlikely." + match.group("parent"))
-    return names
+    # gcc 12 puts foo.cold in .text.unlikely.foo
+    return match is not None and section_name == ".text.unlikely." + match.group("parent")
 
 
 def child_parent_name(name: str) -> Optional[str]:
@@ -68,7 +77,7 @@ def bundle_symbols(obj: ElfObject) -> None:
         sec = sym.section
         if sec.sym is not None:
             continue
-        if sec.name in _own_section_names(sym.name) and by_name.get(sec.name) is sec:
+        if is_own_section(sec.name, sym.name) and by_name.get(sec.name) is sec:
             if sym.value == 0 or _prefix_at_start(sec, sym) or _padding_before(sec, sym):
                 sec.sym = sym
 
@@ -160,6 +169,18 @@ class _SymbolIndex:
             syms.sort(key=lambda s: (s.value, s.name.startswith(PREFIX_SYMBOLS)))
             self.syms[key] = syms
             self.starts[key] = [s.value for s in syms]
+        self._sole: Dict[int, bool] = {}
+
+    def holds_only_its_symbol(self, sec: Section) -> bool:
+        """Whether ``sec`` holds just ``sec.sym`` (prefix symbols aside): -fdata/-ffunction-sections.
+        Remembered per section: every relocation through the section symbol asks."""
+        key = id(sec)
+        sole = self._sole.get(key)
+        if sole is None:
+            only = self.syms.get(key, [])
+            sole = self._sole[key] = sec.sym is not None and \
+                [s for s in only if not s.name.startswith(PREFIX_SYMBOLS)] == [sec.sym]
+        return sole
 
     def containing(self, sec: Section, offset: int) -> Optional[Symbol]:
         starts = self.starts.get(id(sec))
@@ -204,8 +225,7 @@ def replace_section_symbols(obj: ElfObject) -> int:
 
 def _target_symbol(index: "_SymbolIndex", sec: Section, offsets: Tuple[int, ...]) -> Optional[Symbol]:
     """The symbol a section-relative reference designates, if one does."""
-    only = index.syms.get(id(sec), [])
-    if sec.sym is not None and [s for s in only if not s.name.startswith(PREFIX_SYMBOLS)] == [sec.sym]:
+    if index.holds_only_its_symbol(sec):
         return sec.sym  # -fdata/-ffunction-sections: the section holds just this symbol
     for offset in offsets:
         sym = index.containing(sec, offset)
@@ -214,19 +234,33 @@ def _target_symbol(index: "_SymbolIndex", sec: Section, offsets: Tuple[int, ...]
     return None
 
 
-def annotate_strings(obj: ElfObject) -> None:
-    """Record the literal a relocation into a ``.rodata.str*`` section points at."""
+def _relocations_into(obj: ElfObject,
+                      kind: Callable[[Section], T]) -> Iterator[Tuple[Relocation, Section, Section, T]]:
+    """(relocation, its base, target section, ``kind(target)``) for each relocation of non-debug code or
+    data through a section or untyped symbol whose target section has a true ``kind``; ``kind`` is
+    asked once per target section, not once per relocation."""
+    kinds: Dict[int, T] = {}
     for rela in obj.sections:
         if not rela.is_rela or rela.base is None or rela.base.is_debug:
             continue
         for reloc in rela.relocations:
             sec = reloc.sym.section
-            if sec is None or not is_string_section(sec) or reloc.sym.type not in (STT_SECTION, STT_NOTYPE):
+            if sec is None or reloc.sym.type not in (STT_SECTION, STT_NOTYPE):
                 continue
-            start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, rela.base)
-            end = sec.data.find(b"\0", start)
-            if 0 <= start <= len(sec.data):
-                reloc.string = sec.data[start:end if end >= 0 else len(sec.data)].decode("latin-1")
+            found = kinds.get(id(sec))
+            if found is None:
+                found = kinds[id(sec)] = kind(sec)
+            if found:
+                yield reloc, rela.base, sec, found
+
+
+def annotate_strings(obj: ElfObject) -> None:
+    """Record the literal a relocation into a ``.rodata.str*`` section points at."""
+    for reloc, base, sec, _string in _relocations_into(obj, is_string_section):
+        start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, base)
+        end = sec.data.find(b"\0", start)
+        if 0 <= start <= len(sec.data):
+            reloc.string = sec.data[start:end if end >= 0 else len(sec.data)].decode("latin-1")
 
 
 def annotate_constants(obj: ElfObject) -> None:
@@ -236,17 +270,10 @@ def annotate_constants(obj: ElfObject) -> None:
     constant changes; comparing the referenced value catches a changed constant
     even when its offset did not move.
     """
-    for rela in obj.sections:
-        if not rela.is_rela or rela.base is None or rela.base.is_debug:
-            continue
-        for reloc in rela.relocations:
-            sec = reloc.sym.section
-            width = constant_width(sec) if sec is not None else 0
-            if not width or reloc.sym.type not in (STT_SECTION, STT_NOTYPE):
-                continue
-            start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, rela.base)
-            if 0 <= start <= len(sec.data) - width:
-                reloc.string = "cst:" + sec.data[start:start + width].hex()
+    for reloc, base, sec, width in _relocations_into(obj, constant_width):
+        start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, base)
+        if 0 <= start <= len(sec.data) - width:
+            reloc.string = "cst:" + sec.data[start:start + width].hex()
 
 
 def constant_width(sec: Section) -> int:

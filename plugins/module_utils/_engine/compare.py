@@ -20,7 +20,6 @@ a changed entry (a new format string, a moved line) is one.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,
@@ -52,6 +51,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.linemacro
     normalise_line_string,
     only_line_immediates_differ,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
 
 
 def _symbols_equal(new: Symbol, old: Symbol) -> bool:

@@ -18,7 +18,6 @@ paired: the patched copy must be a fresh variable.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Set
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     STT_FILE,
@@ -30,6 +29,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
     Symbol,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Set
 
 # gcc's ".N" components anywhere in a name: foo.123, foo.constprop.19.cold.28
 _NUMBER_PARTS = re.compile(r"\.\d+(?=\.|$)")

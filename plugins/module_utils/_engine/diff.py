@@ -16,7 +16,6 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import STT_FUNC, ElfObject
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
@@ -40,6 +39,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.modkeys import drop_inert_module_keys
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 __all__ = ["DiffResult", "PatchRejected", "create_diff_object"]
 

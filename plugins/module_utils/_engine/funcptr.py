@@ -22,8 +22,6 @@ The forms gcc emits for x86-64 kernel code (``-mcmodel=kernel``), each at the fu
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_32S,
     R_X86_64_64,
@@ -32,6 +30,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermediate import KlpSymbol, PatchedFunc
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List
 
 _DATA_PREFIXES = (".data", ".rodata")
 _LEA_OPCODE = 0x8D

@@ -16,8 +16,6 @@ name it.  Debug sections are never included.
 
 from __future__ import annotations
 
-from typing import List
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHT_GROUP,
     STT_FILE,
@@ -29,6 +27,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Status,
     Symbol,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import List
 
 # Sections every output needs, whatever changed.
 STANDARD_SECTIONS = (".symtab", ".strtab", ".shstrtab", ".symtab_shndx", ".note.GNU-stack")

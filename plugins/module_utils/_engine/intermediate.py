@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import RELA_ENTSIZE
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
@@ -112,6 +111,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     Section,
     Symbol,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Tuple
 
 FUNC_ENTRY = struct.Struct("<QQQQQQQ")
 SYMBOL_ENTRY = struct.Struct("<QQBB6xQQ")
@@ -175,6 +178,8 @@ class KlpRelocation:
 
 @dataclass
 class _StringTable:
+    """A NUL-separated string table, each string stored once (``add`` returns its offset)."""
+
     data: bytearray = field(default_factory=bytearray)
     offsets: Dict[str, int] = field(default_factory=dict)
 

@@ -25,13 +25,16 @@ gcc emits for these loads are decoded.
 from __future__ import annotations
 
 import re
-from typing import List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
     R_X86_64_PLT32,
     Relocation,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Tuple
 
 # Helpers taking __LINE__ → the 0-based position of that argument (only that register counts).
 LINE_MACRO_CALLEES = {

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import ELF_MAGIC
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
@@ -45,6 +44,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
     ElfObject,
     Symbol,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 _BINDS = {"LOCAL": STB_LOCAL, "GLOBAL": STB_GLOBAL, "WEAK": STB_WEAK, "UNIQUE": STB_GLOBAL}
 _TYPES = {"NOTYPE": STT_NOTYPE, "OBJECT": STT_OBJECT, "FUNC": STT_FUNC, "SECTION": STT_SECTION,

@@ -17,7 +17,6 @@ is refused afterwards (``verify.check_keys``), naming the key and the function.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import ElfObject, Symbol
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import Resolver, SymbolLookupError
@@ -26,6 +25,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special i
     SpecialResult,
     drop_entries,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import List
 
 _DYNAMIC_DEBUG_SECTIONS = ("__dyndbg", "__verbose")
 

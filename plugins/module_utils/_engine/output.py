@@ -20,7 +20,6 @@ livepatch relocation can reach them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,
@@ -58,9 +57,15 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Tuple
+
 
 @dataclass
 class OutputResult:
+    """The livepatch object built from the patched one, with its replacement functions and klp relocations."""
+
     obj: ElfObject
     funcs: List[PatchedFunc] = field(default_factory=list)
     klp_relocations: List[KlpRelocation] = field(default_factory=list)

@@ -16,10 +16,13 @@ from __future__ import annotations
 import sys
 from array import array
 from bisect import bisect_left
-from typing import Dict, Iterable, List, Sequence, Tuple
 
-# One row: name, value, size, bind, type, defined, ELF symbol index, in an .init* section.
-Fields = Tuple[str, int, int, int, int, bool, int, bool]
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Sequence, Tuple
+
+    # One row: name, value, size, bind, type, defined, ELF symbol index, in an .init* section.
+    Fields = Tuple[str, int, int, int, int, bool, int, bool]
 
 _DEFINED, _INIT = 1, 2
 # The columns stored as machine arrays, with their typecodes; the payload records the machine.

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
@@ -54,6 +53,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride im
     relocation_width,
     section_stride,
 )
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional, Tuple
 
 # Key in struct_sizes → (C struct, environment variable).
 STRUCT_KEYS = {
@@ -145,6 +148,8 @@ class KeptKey:
 
 @dataclass
 class SpecialResult:
+    """Per special section: entries kept and dropped, the entry size used, and the keys the kept entries need."""
+
     kept: Dict[str, int] = field(default_factory=dict)      # section → entries kept
     dropped: Dict[str, int] = field(default_factory=dict)   # section → entries dropped
     keys: List[KeptKey] = field(default_factory=list)

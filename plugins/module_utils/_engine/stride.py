@@ -19,9 +19,12 @@ when kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import R_X86_64_64, R_X86_64_PC64, Section
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Set, Tuple
 
 # Entries are small structs: a period is looked for among the first relocations only.
 _MAX_PATTERN = 16

@@ -12,8 +12,6 @@ where a key lives.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Set
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
     R_X86_64_PLT32,
@@ -41,6 +39,10 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.correlate
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected  # noqa: F401 (re-exported)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import KeptKey, special_section_names
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import relocation_width
+
+TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Set
 
 FENTRY = "__fentry__"
 # Bytes from a function's start within which the fentry call must sit (endbr64 + call).
