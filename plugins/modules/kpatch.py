@@ -264,22 +264,12 @@ transition_seconds:
   type: float
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.facts import (
-    gather_host_state, gather_info, running_release)
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
-    HostLock, InstallJournal, LoaderError, check_release, finish_enable, installed_path, load_module,
-    reference_vermagic, remove_file, rmmod, unload_module, validate_module)
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.leftovers import remove_leftovers
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.metrics import (
-    check_metrics_path, write_metrics)
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo import (
-    ModinfoError, normalize_module_name, read_modinfo, sha256_of)
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state import (
-    Desired, PlanError, Source, plan, predict, snapshot)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.executor import refresh_metrics
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.metrics import check_metrics_path
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.task import (
+    TaskFailure, TaskRequest, run_task)
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str"),
@@ -296,166 +286,21 @@ ARGUMENT_SPEC = dict(
 )
 
 
-class TaskFailure(Exception):
-    """Ends the task as failed; ``extra`` goes into the result."""
-
-    def __init__(self, msg, **extra):
-        super().__init__(msg)
-        self.extra = extra
-
-
-def _source(params, release, running):
-    """Read and check the module file; None when the task names a module only."""
-    src = params["src"]
-    if not src:
-        return None, None
-    if not os.path.isfile(src):
-        raise TaskFailure("src %s does not exist on the host" % src)
-    try:
-        info = read_modinfo(src)
-    except ModinfoError as exc:
-        raise TaskFailure(str(exc))
-    if params["name"] and normalize_module_name(params["name"]) != info.name:
-        raise TaskFailure("src %s holds module %s, not %s" % (src, info.name, params["name"]))
-    if params["state"] in ("loaded", "installed"):
-        target = running if params["state"] == "loaded" else release
-        try:
-            validate_module(info, target, params["sha256"], reference_vermagic(target))
-        except LoaderError as exc:
-            raise TaskFailure(str(exc))
-    return info, Source(path=src, name=info.name, sha256=sha256_of(src),
-                        srcversion=info.srcversion)
-
-
-def _check_installed_file(host, name, params, release):
-    """Loading by name uses the installed file: hold it to the same checks as a src."""
-    path = host.installed.get(release, {}).get(name)
-    if path is None or params["state"] not in ("loaded", "installed"):
-        return
-    try:
-        validate_module(read_modinfo(path), release, params["sha256"], reference_vermagic(release))
-    except (ModinfoError, LoaderError) as exc:
-        raise TaskFailure(str(exc))
-
-
-def _execute(steps, params, outcome):
-    """Run the steps in order, recording what was done; installs are undone if a later step fails."""
-    journal = InstallJournal()
-    try:
-        _execute_steps(steps, params, outcome, journal)
-    except LoaderError:
-        outcome["undone"] = journal.rollback()
-        raise
-    journal.commit()
-
-
-def _execute_steps(steps, params, outcome, journal):
-    for step in steps:
-        if step.action == "install":
-            journal.install(step.path, step.dest)
-        elif step.action == "uninstall":
-            remove_file(step.path)
-        elif step.action == "rmmod":
-            rmmod(step.name)
-        elif step.action == "unload":
-            result = unload_module(step.name, params["timeout"], params["force"])
-            if result is not None:
-                outcome["transition_seconds"] += result.waited
-        elif step.action == "load":
-            result = load_module(step.path, step.name, params["timeout"], params["force"])
-            outcome["replaced"].extend(result.replaced)
-            outcome["forced"] = outcome["forced"] or result.forced
-            outcome["transition_seconds"] += result.transition.waited
-        outcome["actions"].append(step.describe())
-        outcome["changed"] = True
-
-
-def _settle_running_enable(host, name, params, outcome):
-    """A patch still enabling (the boot service, or a run killed in its wait): see it through.
-
-    Stalled, it is reversed (or forced) like a load of this task, so the host is not left in a
-    transition nobody waits for.
-    """
-    patch = host.patches.get(name)
-    if patch is not None and patch.enabled and patch.transition:
-        outcome["transition_seconds"] += finish_enable(name, params["timeout"], params["force"]).waited
-
-
-def run(module):
-    params = module.params
-    running = running_release()
-    release = params["release"] or running
-    if params["state"] == "loaded" and release != running:
-        raise TaskFailure("state=loaded acts on the running kernel %s; release=%s needs "
-                          "state=installed" % (running, release))
-    if not params["src"] and not params["name"]:
-        raise TaskFailure("one of name or src is required")
-    # Names become sysfs and file paths: refuse anything else before any path is made.
-    try:
-        if params["name"]:
-            normalize_module_name(params["name"])
-        check_release(release)
-    except (ModinfoError, LoaderError) as exc:
-        raise TaskFailure(str(exc))
-    info, source = _source(params, release, running)
-    name = info.name if info else normalize_module_name(params["name"])
-    outcome = dict(changed=False, name=name, release=release, actions=[], replaced=[],
-                   reverted=False, forced=False, transition_seconds=0.0)
-    lock_wait = params["timeout"] * 4 + 30
-    with HostLock(timeout=lock_wait) if not module.check_mode else _NoLock():
-        if not module.check_mode:
-            # Holding the lock, any install temporary belongs to a run that was killed.
-            outcome["leftovers_removed"] = remove_leftovers(params["install_dir"])
-        host = gather_host_state(params["install_dir"])
-        if source is None:
-            _check_installed_file(host, name, params, release)
-        desired = Desired(state=params["state"], name=name, release=release, source=source,
-                          load=params["load"])
-        try:
-            steps = plan(host, desired, installed_path(name, release, params["install_dir"]))
-        except (PlanError, LoaderError) as exc:
-            raise TaskFailure(str(exc))
-        before = snapshot(host)
-        wants_loaded = params["state"] == "loaded" or (
-            params["state"] == "installed" and params["load"] and release == running)
-        if module.check_mode:
-            outcome.update(changed=bool(steps), actions=[s.describe() for s in steps])
-            after = predict(host, steps)
-        else:
-            try:
-                _execute(steps, params, outcome)
-                if wants_loaded:
-                    _settle_running_enable(host, name, params, outcome)
-            except LoaderError as exc:
-                undone = outcome.get("undone", [])
-                msg = str(exc) + ("; the install was undone (%s)" % ", ".join(undone) if undone else "")
-                raise TaskFailure(msg, changed=outcome["changed"], actions=outcome["actions"],
-                                  stalled_tasks=[t.as_dict() for t in exc.stalled],
-                                  reverted=exc.reverted, undone=undone)
-            after = snapshot(gather_host_state(params["install_dir"]))
-    outcome.update(loaded=after["loaded"], installed=after["installed"])
-    if module._diff:
-        outcome["diff"] = dict(before=before, after=after)
-    return outcome
-
-
-class _NoLock(object):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
+def request_from_params(params):
+    """The task's request; remote_src and metrics_file are the action plugin's and main's business."""
+    return TaskRequest(state=params["state"], name=params["name"], src=params["src"],
+                       sha256=params["sha256"], load=params["load"], release=params["release"],
+                       timeout=params["timeout"], force=params["force"],
+                       install_dir=params["install_dir"])
 
 
 def _refresh_metrics(module, changed):
     """Rewrite the textfile metrics after a real run; a failure to write is a warning, not a failed task."""
     path = module.params["metrics_file"]
-    if not path or module.check_mode:
-        return
-    try:
-        write_metrics(path, gather_info(module.params["install_dir"]), changed=changed)
-    except (OSError, ValueError) as exc:
-        module.warn("metrics file %s not written: %s" % (path, exc))
+    if path and not module.check_mode:
+        problem = refresh_metrics(path, module.params["install_dir"], changed)
+        if problem:
+            module.warn(problem)
 
 
 def main():
@@ -466,7 +311,8 @@ def main():
         except ValueError as exc:
             module.fail_json(msg=str(exc), changed=False)
     try:
-        result = run(module)
+        result = run_task(request_from_params(module.params), check_mode=module.check_mode,
+                          diff=module._diff)
     except TaskFailure as exc:
         extra = dict(changed=False)
         extra.update(exc.extra)

@@ -29,7 +29,7 @@ SRC = Source(path="/var/lib/kpatch/.staging/aa.ko", name="lp", sha256="aa", srcv
 
 
 def actions(steps):
-    return [(s.action, s.name) for s in steps]
+    return [(s.kind.value, s.name) for s in steps]
 
 
 def test_load_from_src_when_absent():

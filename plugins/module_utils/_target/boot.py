@@ -17,13 +17,12 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .facts import gather_host_state, gather_info
-from .leftovers import remove_leftovers
-from .loader import (DEFAULT_INSTALL_DIR, HostLock, LoaderError, load_module, reference_vermagic,
-                     validate_module)
-from .metrics import check_metrics_path, write_metrics
-from .modinfo import ModinfoError, read_modinfo
-from .state import HostState
+from .executor import Executor, KernelOps, RunOptions, check_installed_file, host_session, refresh_metrics
+from .facts import gather_host_state
+from .loader import DEFAULT_INSTALL_DIR, LoaderError, reference_vermagic
+from .metrics import check_metrics_path
+from .modinfo import ModinfoError
+from .state import Desired, HostState, PlanError, plan
 
 DISABLE_PARAM = "kpatch.enable"
 
@@ -38,25 +37,30 @@ def disabled_on_cmdline(cmdline: str) -> bool:
     return value in ("0", "n", "no", "off", "false")
 
 
-def _load_one(host: HostState, name: str, path: str, timeout: float,
+def _load_one(host: HostState, name: str, path: str, executor: Executor,
               reference: Optional[str]) -> str:
-    if name in host.patches and host.patches[name].enabled:
+    """Take one installed module to ``loaded``, as the ``kpatch`` module would; its log line."""
+    try:
+        steps = plan(host, Desired(state="loaded", name=name, release=host.release), path)
+    except PlanError as exc:
+        return f"{name}: FAILED: {exc}"
+    if not steps:
         return f"{name}: already loaded"
     try:
-        info = read_modinfo(path)
-        validate_module(info, host.release, reference=reference)
-        result = load_module(path, info.name, timeout)
+        check_installed_file(path, name, host.release, None, reference)
+        outcome = executor.run(steps)
     except (ModinfoError, LoaderError) as exc:
         return f"{name}: FAILED: {exc}"
-    replaced = f" (replaced {', '.join(result.replaced)})" if result.replaced else ""
+    replaced = f" (replaced {', '.join(outcome.replaced)})" if outcome.replaced else ""
     return f"{name}: loaded from {path}{replaced}"
 
 
-def boot_load(install_dir: str, timeout: float, cmdline: str) -> List[str]:
-    """One log line per installed module; loads those of the running kernel."""
-    if disabled_on_cmdline(cmdline):
-        return [f"{DISABLE_PARAM}=0 on the kernel command line: not loading any patch module"]
-    host = gather_host_state(install_dir)
+def load_installed(host: HostState, options: RunOptions, reference: Optional[str],
+                   ops: Optional[KernelOps] = None) -> List[str]:
+    """One log line per installed module, in name order; loads those of the running kernel.
+
+    ``reference`` is the vermagic of the running kernel's own modules (None when none is found).
+    """
     lines: List[str] = []
     for release, mods in sorted(host.installed.items()):
         if release != host.release:
@@ -67,18 +71,18 @@ def boot_load(install_dir: str, timeout: float, cmdline: str) -> List[str]:
         return lines + [f"no patch module installed for {host.release}"]
     if not host.livepatch_supported:
         return lines + [f"{name}: FAILED: kernel has no livepatch support" for name in mine]
-    reference = reference_vermagic(host.release)
     for name, path in sorted(mine.items()):
-        lines.append(_load_one(host, name, path, timeout, reference))
+        # One executor per module: an outcome (replaced patches, undone installs) is per module.
+        lines.append(_load_one(host, name, path, Executor(options, ops), reference))
     return lines
 
 
-def refresh_metrics(path: str, install_dir: str, changed: bool) -> None:
-    """Rewrite the metrics file; the boot's loading outcome stands even when this fails."""
-    try:
-        write_metrics(path, gather_info(install_dir), changed=changed)
-    except (OSError, ValueError) as exc:
-        sys.stdout.write(f"kpatch: metrics file {path} not written: {exc}\n")
+def boot_load(install_dir: str, timeout: float, cmdline: str) -> List[str]:
+    """The boot's log lines: nothing loaded with ``kpatch.enable=0``, else what is installed."""
+    if disabled_on_cmdline(cmdline):
+        return [f"{DISABLE_PARAM}=0 on the kernel command line: not loading any patch module"]
+    host = gather_host_state(install_dir)
+    return load_installed(host, RunOptions(timeout=timeout), reference_vermagic(host.release))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -97,14 +101,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(str(exc))
     with open(args.cmdline, "r", encoding="utf-8") as handle:
         cmdline = handle.read()
-    with HostLock(timeout=args.timeout * 4):
-        # Files of an install killed mid-way (never loaded: they are not *.ko), cleared under the lock.
-        lines = [f"removed {path}, left by an interrupted install" for path in remove_leftovers(args.install_dir)]
+    with host_session(args.install_dir, lock_wait=args.timeout * 4) as leftovers:
+        # Files of an install killed mid-way (never loaded: they are not *.ko).
+        lines = [f"removed {path}, left by an interrupted install" for path in leftovers or []]
         lines += boot_load(args.install_dir, args.timeout, cmdline)
     for line in lines:
         sys.stdout.write(f"kpatch: {line}\n")
     if args.metrics_file:
-        refresh_metrics(args.metrics_file, args.install_dir, changed=any(": loaded" in line for line in lines))
+        problem = refresh_metrics(args.metrics_file, args.install_dir,
+                                  changed=any(": loaded" in line for line in lines))
+        if problem:
+            sys.stdout.write(f"kpatch: {problem}\n")
     sys.stdout.flush()
     return 1 if any(": FAILED:" in line for line in lines) else 0
 

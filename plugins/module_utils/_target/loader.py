@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from .leftovers import aside_path, temp_path
-from .modinfo import ModInfo, ModinfoError, is_module_name, read_modinfo, sha256_of
+from .modinfo import ModInfo, ModinfoError, is_module_name, normalize_module_name, read_modinfo, sha256_of
 from .stalled import StalledTask, find_stalled_tasks, nudge_user_tasks
 from .sysfs import (LIVEPATCH_ROOT, SysfsError, disable_patch, force_transition, list_patches,
                     read_module, read_patch, signal_via_sysfs, transition_in_progress)
@@ -428,8 +428,9 @@ def list_installed(install_dir: str = DEFAULT_INSTALL_DIR) -> dict:
             continue  # .staging and other bookkeeping
         for entry in sorted(os.listdir(rdir)):
             # Only files this tool could have installed: a stray "a b.ko" is no module of ours.
+            # Keyed by the kernel's name, as sysfs shows it: a hand-placed a-b.ko is module a_b.
             if entry.endswith(".ko") and is_module_name(entry[:-3]):
-                found.setdefault(release, {})[entry[:-3]] = os.path.join(rdir, entry)
+                found.setdefault(release, {})[normalize_module_name(entry[:-3])] = os.path.join(rdir, entry)
     return found
 
 

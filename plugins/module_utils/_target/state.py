@@ -13,6 +13,7 @@ release is the running one), ``absent`` (unloaded and uninstalled).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Dict, List, Optional
 
 from .sysfs import KernelModule, LivePatch
@@ -63,33 +64,43 @@ class Desired:
     load: bool = True
 
 
+class StepKind(Enum):
+    """The kinds of change a plan is made of; the executor runs one handler per kind."""
+
+    INSTALL = "install"
+    UNINSTALL = "uninstall"
+    LOAD = "load"
+    UNLOAD = "unload"
+    RMMOD = "rmmod"  # a module whose patch is gone
+
+
 @dataclass(frozen=True)
 class Step:
-    """One change: install, uninstall, load, unload, rmmod (a module whose patch is gone)."""
+    """One change of a plan, with what it acts on."""
 
-    action: str
+    kind: StepKind
     name: str
     path: Optional[str] = None
     dest: Optional[str] = None
     release: Optional[str] = None
 
     def describe(self) -> str:
-        if self.action == "install":
+        if self.kind is StepKind.INSTALL:
             return f"install {self.path} as {self.dest}"
-        if self.action == "uninstall":
+        if self.kind is StepKind.UNINSTALL:
             return f"uninstall {self.path}"
-        if self.action == "load":
+        if self.kind is StepKind.LOAD:
             return f"load {self.name} from {self.path}"
-        if self.action == "unload":
+        if self.kind is StepKind.UNLOAD:
             return f"disable and unload {self.name}"
         return f"rmmod {self.name} (its patch is no longer registered)"
 
 
 def _steps_to_unload(host: HostState, name: str) -> List[Step]:
     if name in host.patches:
-        return [Step("unload", name)]
+        return [Step(StepKind.UNLOAD, name)]
     if name in host.modules and name not in host.forced:
-        return [Step("rmmod", name)]
+        return [Step(StepKind.RMMOD, name)]
     # Not loaded, or a forced patch's module: disabled, and the kernel keeps it until reboot.
     return []
 
@@ -120,7 +131,7 @@ def _steps_to_load(host: HostState, name: str, path: Optional[str],
         raise PlanError(f"{name} is not loaded, and no src was given and it is not installed "
                         f"for the running kernel {host.release}")
     steps = _steps_to_unload(host, name)  # a disabled leftover must go before insmod
-    return steps + [Step("load", name, path=path)]
+    return steps + [Step(StepKind.LOAD, name, path=path)]
 
 
 def _install_steps(host: HostState, desired: Desired, dest: str) -> List[Step]:
@@ -133,7 +144,7 @@ def _install_steps(host: HostState, desired: Desired, dest: str) -> List[Step]:
         return []
     if current is not None and host.installed_sha256.get(current) == src.sha256:
         return []
-    return [Step("install", desired.name, path=src.path, dest=dest, release=desired.release)]
+    return [Step(StepKind.INSTALL, desired.name, path=src.path, dest=dest, release=desired.release)]
 
 
 def plan(host: HostState, desired: Desired, dest: str) -> List[Step]:
@@ -162,7 +173,7 @@ def plan(host: HostState, desired: Desired, dest: str) -> List[Step]:
     steps = _steps_to_unload(host, desired.name) if running else []
     current = host.installed.get(desired.release, {}).get(desired.name)
     if current is not None:
-        steps.append(Step("uninstall", desired.name, path=current, release=desired.release))
+        steps.append(Step(StepKind.UNINSTALL, desired.name, path=current, release=desired.release))
     return steps
 
 
@@ -175,13 +186,13 @@ def predict(host: HostState, steps: List[Step]) -> Dict[str, object]:
     loaded = set(host.loaded_names())
     installed = {rel: set(names) for rel, names in host.installed_names().items()}
     for step in steps:
-        if step.action == "load":
+        if step.kind is StepKind.LOAD:
             loaded.add(step.name)
-        elif step.action == "unload":
+        elif step.kind is StepKind.UNLOAD:
             loaded.discard(step.name)
-        elif step.action == "install":
+        elif step.kind is StepKind.INSTALL:
             installed.setdefault(step.release or "", set()).add(step.name)
-        elif step.action == "uninstall":
+        elif step.kind is StepKind.UNINSTALL:
             installed.get(step.release or "", set()).discard(step.name)
     return {"loaded": sorted(loaded),
             "installed": {rel: sorted(n) for rel, n in sorted(installed.items()) if n}}

@@ -10,6 +10,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._target.modinfo i
     read_modinfo, sha256_of)
 from tests.integration.kmods.build import cached_test_modules
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def mods():
