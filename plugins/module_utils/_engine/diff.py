@@ -29,7 +29,6 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
     ObjectBlocks,
     ParentSymtab,
-    Resolver,
     Wanted,
     load_parent_symtab,
     object_file_name,
@@ -37,6 +36,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup im
     wanted_by,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.modkeys import drop_inert_module_keys
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.resolver import Resolver
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.output import build_output
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify import PatchRejected
 

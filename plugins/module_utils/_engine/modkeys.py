@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import ElfObject, Symbol
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import Resolver, SymbolLookupError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.resolver import Resolver
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special import (
     KeptKey,
     SpecialResult,

@@ -49,9 +49,9 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.intermedi
     placeholder_name,
     section_symbol,
 )
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.resolver import (
     Resolver,
-    SymbolLookupError,
     running_name,
     source_file,
 )
