@@ -31,8 +31,8 @@ def kernel_7_2():
 def sid_root(kernel_7_2, tmp_path_factory):
     log = StepLog(tmp_path_factory.mktemp("toolroot-log") / "toolroot.log")
     identity = kernel_compiler(kernel_7_2.vmlinux)
-    root, _reused = ensure_toolroot(cache_root() / "toolroots-tests", debian_recipe(debian_suite(RELEASE), identity),
-                                   identity, log)
+    recipe = debian_recipe(debian_suite(RELEASE), identity)
+    root, _reused = ensure_toolroot(cache_root() / "toolroots-tests", recipe, identity, log)
     return root, identity, log
 
 
