@@ -72,16 +72,22 @@ class CompiledPairs:
     skipped: Dict[str, str] = field(default_factory=dict)
 
 
-def compile_both(tree: PreparedTree, req: BuildRequest, objects: List[str], cflags: str,
+def patched_files(req: BuildRequest) -> List[str]:
+    """The source files the request's patches change, each once."""
+    return sorted({f for p in req.patches for f in changed_files(Path(p)).all})
+
+
+def compile_both(tree: PreparedTree, req: BuildRequest, files: List[str], objects: List[str], cflags: str,
                  work: Path, compiler: Optional[str] = None) -> Tuple[Path, Path, List[HunkAdjustment]]:
-    """Compile ``objects`` unpatched, then patched (the tree restored afterwards).
+    """Compile ``objects`` unpatched, then patched (the tree restored afterwards); ``files`` are the
+    source files the patches change (``patched_files``).
 
     With ``compiler`` (the ``.comment`` identity of the compiler kbuild runs) unpatched objects
     whose every dependency is unchanged come from the tree's cache instead (``objcache``).
     """
     orig_dir, patched_dir = work / "orig", work / "patched"
     # Patched C files only: kbuild's recorded commands (proven here) compile the patched side without make.
-    only_c = all(f.endswith(".c") for p in req.patches for f in changed_files(Path(p)).all)
+    only_c = all(f.endswith(".c") for f in files)
     outcome = build_unpatched(tree, objects, cflags, orig_dir, req.jobs, compiler, build=build_objects,
                               prove_commands=only_c)
     with patched_tree(tree, [Path(p) for p in req.patches], fuzz=req.fuzz) as applied:
@@ -110,7 +116,7 @@ def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: 
     with log.stage("prepare_tree"):
         tree = prepare_tree(Path(req.source_dir), Path(req.config), req.release, trees, log, jobs=req.jobs,
                             compiler=compiler, headers=Path(req.headers))
-    files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
+    files = patched_files(req)
     info = debuginfo() if debuginfo else read_debuginfo(req, log)
     objmap = objects_for_sources(tree, files, extra_cflags=cflags, jobs=req.jobs,
                                  full_build_fallback=req.full_build_fallback, decide=partial(decide_goal, info))
@@ -131,17 +137,17 @@ def compile_kernel(req: BuildRequest, log: StepLog, work: Path, other_compiler: 
         skipped = "; ".join(f"{f}: {why}" for f, why in sorted(objmap.skipped.items()))
         raise NoChangesError(f"nothing to live patch: this kernel builds no object from the files the patches "
                              f"change ({skipped or ', '.join(files)})")
-    orig_dir, patched_dir, adjustments = compile_both(tree, req, sorted(pairs), cflags, work, compiler)
+    orig_dir, patched_dir, adjustments = compile_both(tree, req, files, sorted(pairs), cflags, work, compiler)
     return CompiledPairs(pairs, orig_dir, patched_dir, tree.root, adjustments, objmap.skipped)
 
 
 def compile_oot(req: BuildRequest, oot: OotModule, log: StepLog, work: Path, cflags: str) -> CompiledPairs:
     """The changed objects of an out-of-tree module, compiled in a copy of its source with its Kbuild."""
-    files = sorted({f for p in req.patches for f in changed_files(Path(p)).all})
+    files = patched_files(req)
     objects, refused = oot_objects(files)
     if refused:
         raise KbuildError("cannot live patch: " + "; ".join(f"{f}: {why}" for f, why in sorted(refused.items())))
     tree = oot_source_tree(oot, work, req.release, Path(req.headers), log)
     log.note("object-goal", f"{' '.join(objects)}: {oot.name} (out-of-tree module {oot.ko})")
-    orig_dir, patched_dir, adjustments = compile_both(tree, req, objects, cflags, work)
+    orig_dir, patched_dir, adjustments = compile_both(tree, req, files, objects, cflags, work)
     return CompiledPairs({obj: oot.name for obj in objects}, orig_dir, patched_dir, Path(req.headers), adjustments)

@@ -22,13 +22,12 @@ would redo.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shlex
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cachefile import read_keyed_json, write_keyed_json
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.prepared import PreparedTree, tree_lock
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
 
@@ -74,26 +73,10 @@ def retarget(command: str, relobj: str, dest: Path) -> Optional[str]:
     return word.sub(lambda _m: shlex.quote(str(dest)), moved)
 
 
-def _verdict_path(entries: Path) -> Path:
-    return entries / VERDICT_NAME
-
-
 def proven_command(entries: Path, command: Optional[str]) -> Optional[bool]:
     """The verdict kept in ``entries`` for ``command``: True/False, None when it was never tried."""
-    try:
-        kept = json.loads(_verdict_path(entries).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(kept, dict) or kept.get("command") != command:
-        return None
-    return kept.get("reproduces") is True
-
-
-def _keep_verdict(entries: Path, command: str, reproduces: bool, detail: str) -> None:
-    entries.mkdir(parents=True, exist_ok=True)
-    tmp = entries / f".{VERDICT_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"command": command, "reproduces": reproduces, "detail": detail}, indent=1))
-    os.replace(tmp, _verdict_path(entries))
+    kept = read_keyed_json(entries / VERDICT_NAME, {"command": command})
+    return None if kept is None else kept.get("reproduces") is True
 
 
 def run_recorded(tree: PreparedTree, command: str, relobj: str, dest: Path, log: StepLog) -> None:
@@ -125,7 +108,8 @@ def prove(tree: PreparedTree, entries: Path, relobj: str, reference: Path, scrat
                 verdict, res.detail = False, f"{relobj}: it failed outside make ({str(exc).splitlines()[0]})"
             res.detail = res.detail or (f"{relobj}: {'the same bytes as kbuild' if verdict else 'other bytes than kbuild'}"
                                         f"{'' if verdict else ': make keeps compiling it'}")
-            _keep_verdict(entries, command, verdict, res.detail)
+            write_keyed_json(entries / VERDICT_NAME, {"command": command},
+                             {"reproduces": verdict, "detail": res.detail})
     return command if verdict else None
 
 
