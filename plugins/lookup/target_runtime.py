@@ -78,7 +78,7 @@ MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 SOURCES = os.path.join(MODULE_UTILS, "_target")
 # The part of the ELF layer the runtime imports (all standard library): the archive carries it.
 ELF_LAYER = tuple(os.path.join(MODULE_UTILS, "_elf", name)
-                  for name in ("__init__.py", "errors.py", "layout.py", "compressed.py"))
+                  for name in ("__init__.py", "errors.py", "layout.py", "compressed.py", "record.py"))
 GENERATED = {
     "__init__.py": b'"""kpatch.livepatch target runtime (module_utils/_target and the ELF layer it uses)."""\n',
     "boot.py": (b'"""``python3 -m kpatch_target.boot``: the boot service\'s entry point (runs _target.boot)."""\n'

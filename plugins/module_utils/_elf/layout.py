@@ -18,11 +18,11 @@ kernel module (its ``.modinfo`` is read, nothing else).
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
-from dataclasses import dataclass, field
+from operator import itemgetter
 
 # Relative: the target runtime archive ships this package under another top-level name.
 from .errors import ElfFormatError
+from .record import factory, record
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
 if TYPE_CHECKING:
@@ -55,14 +55,27 @@ _HEADER_FORMATS = {ELFCLASS64: ("16sHHIQQQIHHHHHH", "IIQQQQIIQQ"), ELFCLASS32: (
 _BYTE_ORDERS = {ELFDATA2LSB: "<", ELFDATA2MSB: ">"}
 
 
-class SectionHeader(namedtuple("SectionHeader", "name type flags addr offset size link info addralign entsize")):
-    """One section header as stored (indices and offsets, nothing resolved), every field an int.
-    ``collections.namedtuple``, not ``typing.NamedTuple``: typing is kept off the start-up."""
+class SectionHeader(tuple):
+    """One section header as stored (indices and offsets, nothing resolved), every field an int:
+    ``SectionHeader(unpacked_fields)``, read by name (``hdr.link``) or unpacked as a tuple.
+
+    What ``collections.namedtuple`` would give, without collections' import on the start-up of
+    ``tools/create-diff-object`` (one process per object)."""
 
     __slots__ = ()
+    name = property(itemgetter(0))
+    type = property(itemgetter(1))
+    flags = property(itemgetter(2))
+    addr = property(itemgetter(3))
+    offset = property(itemgetter(4))
+    size = property(itemgetter(5))
+    link = property(itemgetter(6))
+    info = property(itemgetter(7))
+    addralign = property(itemgetter(8))
+    entsize = property(itemgetter(9))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FileHeader:
     """The fields of the ELF file header the collection uses, extended numbering resolved."""
 
@@ -79,13 +92,13 @@ class FileHeader:
     shstrndx: int  # as stored: SHN_XINDEX means "see section 0"
 
 
-@dataclass
+@record
 class SectionTable:
     """The file header, every section header (``headers[0]`` is the null section) and their names."""
 
     header: FileHeader
-    headers: List[SectionHeader] = field(default_factory=list)
-    names: List[str] = field(default_factory=list)
+    headers: List[SectionHeader] = factory(list)
+    names: List[str] = factory(list)
     shstrndx: int = 0
 
     def index_of(self, name: str) -> Optional[int]:
@@ -130,7 +143,7 @@ def read_section_table(head: bytes, read: Read, where: str) -> SectionTable:
     layout = struct.Struct(_BYTE_ORDERS[header.byte_order] + _HEADER_FORMATS[header.elf_class][1])
     if header.shentsize != layout.size:
         raise ElfFormatError("%s: section header entry size %d, expected %d" % (where, header.shentsize, layout.size))
-    first = SectionHeader._make(layout.unpack(read(header.shoff, layout.size, "section header table")))
+    first = SectionHeader(layout.unpack(read(header.shoff, layout.size, "section header table")))
     if shnum == 0:  # extended numbering: the count lives in section 0
         shnum = first.size
     if shstrndx == SHN_XINDEX:
@@ -138,7 +151,7 @@ def read_section_table(head: bytes, read: Read, where: str) -> SectionTable:
     if shnum == 0:
         return table
     raw = read(header.shoff, shnum * layout.size, "section header table")
-    table.headers = [SectionHeader._make(fields) for fields in layout.iter_unpack(raw)]
+    table.headers = [SectionHeader(fields) for fields in layout.iter_unpack(raw)]
     if not 0 < shstrndx < shnum:
         raise ElfFormatError("%s: section header string table index %d of %d sections" % (where, shstrndx, shnum))
     table.shstrndx = shstrndx

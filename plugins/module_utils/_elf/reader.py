@@ -22,8 +22,7 @@ group members get ``grouped`` set.  ``Section.sym`` (bundling) is left to the en
 
 from __future__ import annotations
 
-import sys
-from array import array
+import struct
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfFormatError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
@@ -146,18 +145,13 @@ def _find_xindex(table: List[Optional[Section]], symtab: Section) -> Optional[Se
     return None
 
 
-def _words(raw: bytes) -> array:
-    """Little-endian 32-bit words (SHT_GROUP, SHT_SYMTAB_SHNDX) without a per-word loop."""
-    words = array("I")
-    if words.itemsize != 4:  # pragma: no cover - every Linux ABI has a 4-byte unsigned int
-        words = array("L")
-    words.frombytes(raw[:len(raw) - len(raw) % 4])
-    if sys.byteorder != "little":
-        words.byteswap()
-    return words
+def _words(raw: bytes) -> Tuple[int, ...]:
+    """Little-endian 32-bit words (SHT_GROUP, SHT_SYMTAB_SHNDX) without a per-word loop (``struct``:
+    ``array`` would import ``collections`` on every start of the tool)."""
+    return struct.unpack_from("<%dI" % (len(raw) // 4), raw)
 
 
-def _decode_symbols(symdata: bytes, strtab: bytes, xindex: Optional[array],
+def _decode_symbols(symdata: bytes, strtab: bytes, xindex: Optional[Tuple[int, ...]],
                     table: List[Optional[Section]], where: str) -> List[Symbol]:
     """Every entry of a symbol table, with section, secsym and file wired."""
     if len(symdata) % SYM_ENTSIZE:

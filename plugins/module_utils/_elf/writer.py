@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfWriteError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
@@ -92,7 +92,7 @@ class StringTable:
         return b"".join(self._chunks)
 
 
-@dataclass
+@record
 class _Plan:
     """Everything the layout step needs: output sections and their regenerated contents."""
 
@@ -103,10 +103,10 @@ class _Plan:
     strtab: Section
     shstrtab: Section
     shndx: Optional[Section]
-    contents: Dict[int, bytes] = field(default_factory=dict)  # id(section) -> bytes
-    links: Dict[int, int] = field(default_factory=dict)  # id(section) -> sh_link
-    infos: Dict[int, int] = field(default_factory=dict)  # id(section) -> sh_info
-    names: Dict[int, int] = field(default_factory=dict)  # id(section) -> sh_name
+    contents: Dict[int, bytes] = factory(dict)  # id(section) -> bytes
+    links: Dict[int, int] = factory(dict)  # id(section) -> sh_link
+    infos: Dict[int, int] = factory(dict)  # id(section) -> sh_info
+    names: Dict[int, int] = factory(dict)  # id(section) -> sh_name
 
 
 def _find_or_make(obj: ElfObject, sections: List[Section], name: str, sh_type: int) -> Section:

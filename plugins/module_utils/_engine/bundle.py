@@ -15,8 +15,8 @@ equal across objects even when section layouts differ.
 from __future__ import annotations
 
 import bisect
-import re
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import child_parent_name
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
     R_X86_64_PLT32,
@@ -42,7 +42,6 @@ _SECTION_PREFIXES = (".text.", ".text.unlikely.", ".text.hot.", ".text.startup."
                      ".data.rel.", ".data.rel.local.", ".data.rel.ro.", ".data.rel.ro.local.",
                      ".rodata.", ".bss.", ".init.text.", ".init.data.", ".exit.text.",
                      ".data..read_mostly.", ".data..percpu.", ".ref.text.", ".init.rodata.")
-_CHILD_RE = re.compile(r"^(?P<parent>.+?)\.(?:cold|part\.\d+)(?:\.\d+|\.cold)*$")
 PREFIX_SYMBOLS = ("__pfx_", "__cfi_")
 
 
@@ -55,15 +54,9 @@ def is_own_section(section_name: str, name: str) -> bool:
     section name, not by building every candidate: it runs for every function and object symbol."""
     if section_name.endswith(name) and section_name[:len(section_name) - len(name)] in _SECTION_PREFIX_SET:
         return True
-    match = _CHILD_RE.match(name)
+    parent = child_parent_name(name)
     # gcc 12 puts foo.cold in .text.unlikely.foo
-    return match is not None and section_name == ".text.unlikely." + match.group("parent")
-
-
-def child_parent_name(name: str) -> Optional[str]:
-    """``foo`` for ``foo.cold``/``foo.part.3``/``foo.part.3.cold``; None otherwise."""
-    match = _CHILD_RE.match(name)
-    return match.group("parent") if match else None
+    return parent is not None and section_name == ".text.unlikely." + parent
 
 
 def bundle_symbols(obj: ElfObject) -> None:

@@ -19,8 +19,8 @@ a changed entry (a new format string, a moved line) is one.
 
 from __future__ import annotations
 
-import re
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import hide_line_numbers, ubsan_data_base
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -47,10 +47,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.special i
     special_section_names,
 )
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.stride import entry_period
-from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.linemacro import (
-    normalise_line_string,
-    only_line_immediates_differ,
-)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.linemacro import only_line_immediates_differ
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
 if TYPE_CHECKING:
@@ -79,7 +76,6 @@ def _symbols_equal(new: Symbol, old: Symbol) -> bool:
 
 
 ALTINSTR_AUX = ".altinstr_aux"
-_UBSAN_NUMBER = re.compile(r"(\.Lubsan_(?:data|type))\d+$")
 
 
 def _call_site_data_equal(new: Section, old: Section, depth: int = 0) -> bool:
@@ -87,8 +83,8 @@ def _call_site_data_equal(new: Section, old: Section, depth: int = 0) -> bool:
 
     Names are compared without their number; references to other such data recursively.
     """
-    if _UBSAN_NUMBER.search(new.name) is None or \
-            _UBSAN_NUMBER.sub(r"\1", new.name) != _UBSAN_NUMBER.sub(r"\1", old.name):
+    base = ubsan_data_base(new.name)
+    if base is None or base != (ubsan_data_base(old.name) or old.name):
         return False
     if new.data != old.data or new.size != old.size or depth > 2:
         return False
@@ -162,7 +158,7 @@ def relocations_equal(new: Relocation, old: Relocation, line_tolerant: bool = Fa
         return True
     if new.string is not None or old.string is not None:
         if line_tolerant and new.string is not None and old.string is not None:
-            return normalise_line_string(new.string) == normalise_line_string(old.string)
+            return hide_line_numbers(new.string) == hide_line_numbers(old.string)
         return new.string == old.string
     return new.addend == old.addend and _symbols_equal(new.sym, old.sym)
 

@@ -17,8 +17,8 @@ paired: the patched copy must be a fresh variable.
 
 from __future__ import annotations
 
-import re
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import unique_id_base, without_number_parts
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     STT_FILE,
     STT_FUNC,
@@ -34,10 +34,6 @@ TYPE_CHECKING = False  # the annotations are strings: typing's import stays off 
 if TYPE_CHECKING:
     from typing import Dict, List, Optional, Set
 
-# gcc's ".N" components anywhere in a name: foo.123, foo.constprop.19.cold.28
-_NUMBER_PARTS = re.compile(r"\.\d+(?=\.|$)")
-# __UNIQUE_ID_<name><counter>, also as clang's <func>.__UNIQUE_ID_ddebug<counter>
-_UNIQUE_ID = re.compile(r"^(.*__UNIQUE_ID_.*?)\d+$")
 _SPECIAL_STATIC_BASES = ("__key", "__warned", "__already_done", "__func__", "_rs",
                          "__print_once", "descriptor", "__msg", "__print_fmt")
 ANONYMOUS_CONSTANT_PREFIXES = (".data..L__unnamed_", ".data.__unnamed_")
@@ -54,9 +50,9 @@ def strip_number(name: str) -> str:
     """``foo`` for ``foo.123``/``foo.123.45``, ``foo.constprop.cold`` for ``foo.constprop.19.cold.28``;
     ``__UNIQUE_ID_x`` for ``__UNIQUE_ID_x77``
     and ``__UNIQUE_ID_x77.12`` (the counter and gcc's suffix both vary between builds)."""
-    base = _NUMBER_PARTS.sub("", name)
-    match = _UNIQUE_ID.match(base)
-    return match.group(1) if match else base
+    base = without_number_parts(name)  # gcc's ".N" anywhere: foo.123, foo.constprop.19.cold.28
+    # __UNIQUE_ID_<name><counter>, also as clang's <func>.__UNIQUE_ID_ddebug<counter>
+    return (unique_id_base(base) or base) if "__UNIQUE_ID_" in base else base
 
 
 def is_anonymous_constant(sec: Section) -> bool:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import STT_FUNC, ElfObject
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
@@ -42,28 +41,28 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.verify im
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
 if TYPE_CHECKING:
-    from typing import Dict, Iterator, List, Mapping, Optional, Union
+    from typing import Dict, List, Mapping, Optional, Union
 
 __all__ = ["DiffResult", "PatchRejected", "create_diff_object"]
 
 
-@dataclass
+@record
 class DiffResult:
     """What the engine found and wrote."""
 
     object_name: str
     module_name: str = ""
-    changed_functions: List[str] = field(default_factory=list)
-    new_functions: List[str] = field(default_factory=list)
+    changed_functions: List[str] = factory(list)
+    new_functions: List[str] = factory(list)
     # functions that changed only through a .cold/.part child or a const object they read
-    promoted: List[str] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
+    promoted: List[str] = factory(list)
+    ignored: List[str] = factory(list)
     klp_relocations: int = 0
-    special_kept: Dict[str, int] = field(default_factory=dict)
+    special_kept: Dict[str, int] = factory(dict)
     # module-keyed tracepoint / dynamic-debug / tracepoint static-call sites left in their
     # default state while the patch is live (see modkeys.py)
-    inert_sites: List[str] = field(default_factory=list)
-    timings: Dict[str, float] = field(default_factory=dict)
+    inert_sites: List[str] = factory(list)
+    timings: Dict[str, float] = factory(dict)
     output: Optional[str] = None
     output_size: int = 0
 
@@ -82,16 +81,23 @@ class DiffResult:
 
 
 class _Timer:
+    """``with timer("stage"):`` adds the block's seconds to ``timings["stage"]`` (a class, not
+    ``contextlib.contextmanager``: contextlib's import is part of every start of the tool)."""
+
     def __init__(self, timings: Dict[str, float]) -> None:
         self.timings = timings
+        self.stage = ""
+        self.start = 0.0
 
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 6)
+    def __call__(self, name: str) -> "_Timer":
+        self.stage = name
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start, 6)
 
 
 def _load(obj: Union[str, ElfObject]) -> ElfObject:

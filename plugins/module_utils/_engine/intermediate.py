@@ -95,7 +95,7 @@ name); a placeholder relocation left over is an error, never loaded.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import RELA_ENTSIZE
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
@@ -123,7 +123,7 @@ if (FUNC_ENTRY.size, SYMBOL_ENTRY.size, RELOCATION_ENTRY.size) != (56, 40, 40): 
     raise ImportError("intermediate entry layouts drifted from the documented 56/40/40 bytes")
 
 
-@dataclass
+@record
 class PatchedFunc:
     """A ``.kpatch.funcs`` entry before encoding."""
 
@@ -135,7 +135,7 @@ class PatchedFunc:
     old_name: str = ""  # the running kernel's name when gcc renumbered it (``foo.isra.1``)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KlpSymbol:
     """A ``.kpatch.symbols`` entry: one symbol of the parent object."""
 
@@ -159,7 +159,7 @@ def placeholder_name(ksym: KlpSymbol) -> str:
     return klp_symbol_name(ksym.objname, ksym.name, ksym.sympos)
 
 
-@dataclass
+@record
 class KlpRelocation:
     """A relocation moved out of ``.rela.<section>`` into ``.kpatch.relocations``.
 
@@ -176,12 +176,12 @@ class KlpRelocation:
     objname: str = ""
 
 
-@dataclass
+@record
 class _StringTable:
     """A NUL-separated string table, each string stored once (``add`` returns its offset)."""
 
-    data: bytearray = field(default_factory=bytearray)
-    offsets: Dict[str, int] = field(default_factory=dict)
+    data: bytearray = factory(bytearray)
+    offsets: Dict[str, int] = factory(dict)
 
     def add(self, text: str) -> int:
         if text not in self.offsets:

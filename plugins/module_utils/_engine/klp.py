@@ -39,7 +39,7 @@ module as the symbol's object, and the kernel resolves it when that module loads
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from typing import Dict, List, Optional, Set, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
@@ -93,18 +93,18 @@ class KlpError(ValueError):
     """The module's intermediate records cannot become livepatch relocations."""
 
 
-@dataclass
+@record
 class KlpResult:
     """What the conversion made: counts and the section names, for logs and tests."""
 
     relocations: int = 0
     symbols: int = 0
-    sections: List[str] = field(default_factory=list)
+    sections: List[str] = factory(list)
     placeholders: int = 0
     call_sites_dropped: int = 0
 
 
-@dataclass
+@record
 class _Records:
     """One intermediate section with its relocations indexed by offset."""
 
@@ -150,7 +150,7 @@ def _string(obj: ElfObject, recs: _Records, offset: int, strings: Section, what:
     return strings.data[where:end].decode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Target:
     objname: str
     name: str

@@ -24,7 +24,6 @@ gcc emits for these loads are decoded.
 
 from __future__ import annotations
 
-import re
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
@@ -50,13 +49,7 @@ ARG_REGISTERS = (7, 6, 2, 1, 8, 9, STACK_ARGUMENT)
 CALL_WINDOW = 96
 # How far after the load a jump to the shared rest of the call setup is looked for.
 JUMP_SCAN = 12
-_LINE_IN_STRING = re.compile(r"(\.[chS]):\d+")
 _CALL_OPCODES = (0xE8, 0xE9)  # call rel32, jmp rel32 (tail call)
-
-
-def normalise_line_string(text: str) -> str:
-    """``"at net/core/dev.c:10275"`` → ``"at net/core/dev.c:#"``."""
-    return _LINE_IN_STRING.sub(r"\1:#", text)
 
 
 def imm32_load(data: bytes, lo: int, hi: int) -> Optional[Tuple[int, int]]:

@@ -24,8 +24,8 @@ resolved).  Everything else needs a livepatch relocation.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
+from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import without_number_suffix
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import ELF_MAGIC
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
@@ -47,20 +47,19 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
 if TYPE_CHECKING:
-    from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Union
+    from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 _BINDS = {"LOCAL": STB_LOCAL, "GLOBAL": STB_GLOBAL, "WEAK": STB_WEAK, "UNIQUE": STB_GLOBAL}
 _TYPES = {"NOTYPE": STT_NOTYPE, "OBJECT": STT_OBJECT, "FUNC": STT_FUNC, "SECTION": STT_SECTION,
           "FILE": STT_FILE, "TLS": STT_TLS}
-_READELF_LINE = re.compile(r"^\s*(\d+):\s+([0-9a-fA-F]+)\s+(\d+|0x[0-9a-fA-F]+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*(.*)$")
-_NUMBER_SUFFIX = re.compile(r"(\.\d+)+$")
+_HEX_DIGITS = "0123456789abcdefABCDEF"
 
 
 class SymbolLookupError(PatchRejected, ValueError):
     """A symbol cannot be located in the parent object (the patch is refused); the message names it."""
 
 
-@dataclass
+@record
 class ParentSymbol:
     name: str
     value: int
@@ -73,7 +72,7 @@ class ParentSymbol:
     init: bool = False
 
 
-@dataclass
+@record
 class ExportInfo:
     name: str
     module: str       # "vmlinux" or the module path as Module.symvers writes it
@@ -89,16 +88,16 @@ def module_objname(module: str) -> str:
     return module.rsplit("/", 1)[-1].replace("-", "_")
 
 
-@dataclass
+@record
 class FileBlock:
     name: str
-    locals: List[ParentSymbol] = field(default_factory=list)
+    locals: List[ParentSymbol] = factory(list)
 
     def names(self) -> Set[str]:
         return {s.name for s in self.locals}
 
 
-@dataclass
+@record
 class ObjectBlocks:
     """The parent's file blocks chosen for one object: one per source file (several after
     ``ld -r``).  Returned by :meth:`ParentSymtab.select_object_blocks` and handed to that object's
@@ -106,14 +105,14 @@ class ObjectBlocks:
     object of a build and an object without STT_FILE symbols has no block (its locals are refused)."""
 
     first: Optional[FileBlock] = None  # the object's first file's: the default
-    by_file: Dict[str, FileBlock] = field(default_factory=dict)
+    by_file: Dict[str, FileBlock] = factory(dict)
 
     def of(self, filename: Optional[str] = None) -> Optional[FileBlock]:
         """The block of source file ``filename`` (no or an unknown name: the first file's)."""
         return self.by_file.get(filename, self.first) if filename else self.first
 
 
-@dataclass
+@record
 class Resolution:
     """Where a reference goes: ``objname``/``sympos`` of the parent's symbol."""
 
@@ -127,7 +126,7 @@ class Resolution:
     external: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Wanted:
     """What the engine will ask of the parent's table for one object: the names of its symbols
     (``running_name`` is always one of them: a twin is a symbol of the original object) and of
@@ -142,19 +141,14 @@ class Wanted:
 
     def covers(self, name: str) -> bool:
         """Whether a table read for this holds every row named ``name``."""
-        return name in self.names or base_name(name) in self.bases
-
-
-def base_name(name: str) -> str:
-    """``name`` without gcc's numeric suffixes (``lock.63243`` -> ``lock``)."""
-    return _NUMBER_SUFFIX.sub("", name) if "." in name else name
+        return name in self.names or without_number_suffix(name) in self.bases
 
 
 def wanted_by(*objects: ElfObject) -> Wanted:
     """The names and source files of ``objects`` (the original and the patched build)."""
     names = {sym.name for obj in objects for sym in obj.symbols[1:]}
     files = {sym.name for obj in objects for sym in obj.symbols[1:] if sym.type == STT_FILE}
-    return Wanted(frozenset(names), frozenset(files), frozenset(base_name(n) for n in names))
+    return Wanted(frozenset(names), frozenset(files), frozenset(without_number_suffix(n) for n in names))
 
 
 def _symtab_rows(lines: Iterable[str], wanted: Optional[Wanted]) -> List[str]:
@@ -183,12 +177,32 @@ def _symtab_rows(lines: Iterable[str], wanted: Optional[Wanted]) -> List[str]:
             if name not in names and seen_file and not (in_wanted_file and " LOCAL " in line):
                 if " FILE " in line:
                     in_wanted_file = name in files
-                elif "." not in name or base_name(name) not in bases:
+                elif "." not in name or without_number_suffix(name) not in bases:
                     continue
             elif " FILE " in line:
                 seen_file, in_wanted_file = True, name in files
         keep(line)
     return rows
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and not text.strip(_HEX_DIGITS)
+
+
+def _readelf_row(line: str) -> Optional[Tuple[str, str, str, str, str, str, str]]:
+    """(Num, Value, Size, Type, Bind, Ndx, Name) of one symbol row, None for any other line.
+
+    The row's shape: ``Num:`` (decimal), Value (hex), Size (decimal or ``0x`` hex), then Type, Bind,
+    Vis and Ndx (one word each) and the name (the rest of the line, possibly empty).  Split, not a
+    regular expression: ``re`` stays off the engine's start-up, and vmlinux has 120,000 rows.
+    """
+    fields = line.split(None, 7)
+    if len(fields) < 7 or not fields[0].endswith(":") or not fields[0][:-1].isdecimal():
+        return None
+    num, value, size, typ, bind, _vis, ndx = fields[:7]
+    if not _is_hex(value) or not (size.isdecimal() or (size[:2] == "0x" and _is_hex(size[2:]))):
+        return None
+    return num[:-1], value, size, typ, bind, ndx, fields[7].rstrip("\n") if len(fields) == 8 else ""
 
 
 def parse_readelf_symbols(text: Union[str, Iterable[str]], wanted: Optional[Wanted] = None) -> List[ParentSymbol]:
@@ -200,10 +214,10 @@ def parse_readelf_symbols(text: Union[str, Iterable[str]], wanted: Optional[Want
     """
     out: List[ParentSymbol] = []
     for line in _symtab_rows(text.splitlines() if isinstance(text, str) else text, wanted):
-        match = _READELF_LINE.match(line)
-        if not match:
+        fields = _readelf_row(line)
+        if fields is None:
             continue
-        num, value, size, typ, bind, _vis, ndx, name = match.groups()
+        num, value, size, typ, bind, ndx, name = fields
         if num == "0":
             continue  # the null symbol
         name = name.split("@", 1)[0].strip()
@@ -239,15 +253,15 @@ def read_symvers(path: Optional[str]) -> Dict[str, ExportInfo]:
     return exports
 
 
-@dataclass
+@record
 class _FullViews:
     """Every row of the table by kind, for callers that list the whole table (tests, reports)."""
 
-    globals: Dict[str, ParentSymbol] = field(default_factory=dict)
-    locals_by_name: Dict[str, List[ParentSymbol]] = field(default_factory=dict)
-    named: Dict[str, List[ParentSymbol]] = field(default_factory=dict)
-    blocks: List[FileBlock] = field(default_factory=list)
-    blocks_by_name: Dict[str, List[FileBlock]] = field(default_factory=dict)
+    globals: Dict[str, ParentSymbol] = factory(dict)
+    locals_by_name: Dict[str, List[ParentSymbol]] = factory(dict)
+    named: Dict[str, List[ParentSymbol]] = factory(dict)
+    blocks: List[FileBlock] = factory(list)
+    blocks_by_name: Dict[str, List[FileBlock]] = factory(dict)
 
 
 def _is_named_local(sym: ParentSymbol) -> bool:
@@ -408,8 +422,8 @@ class ParentSymtab:
                                     "of the %s symbol table can be chosen for it" % (name, self.objname))
         exact = [s for s in block.locals if s.name == name]
         if not exact:
-            base = _NUMBER_SUFFIX.sub("", name)
-            exact = [s for s in block.locals if _NUMBER_SUFFIX.sub("", s.name) == base]
+            base = without_number_suffix(name)
+            exact = [s for s in block.locals if without_number_suffix(s.name) == base]
         if len(exact) != 1:
             return None
         sym = exact[0]

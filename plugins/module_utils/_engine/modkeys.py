@@ -16,7 +16,7 @@ is refused afterwards (``verify.check_keys``), naming the key and the function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import ElfObject, Symbol
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 _DYNAMIC_DEBUG_SECTIONS = ("__dyndbg", "__verbose")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class InertSite:
     """A dropped entry: the site in ``function`` keyed by ``key`` stays in its default state."""
 

@@ -19,7 +19,7 @@ livepatch relocation can reach them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,
@@ -62,14 +62,14 @@ if TYPE_CHECKING:
     from typing import Dict, List, Tuple
 
 
-@dataclass
+@record
 class OutputResult:
     """The livepatch object built from the patched one, with its replacement functions and klp relocations."""
 
     obj: ElfObject
-    funcs: List[PatchedFunc] = field(default_factory=list)
-    klp_relocations: List[KlpRelocation] = field(default_factory=list)
-    klp_objects: Dict[int, str] = field(default_factory=dict)   # id(symbol) → objname
+    funcs: List[PatchedFunc] = factory(list)
+    klp_relocations: List[KlpRelocation] = factory(list)
+    klp_objects: Dict[int, str] = factory(dict)   # id(symbol) → objname
 
 
 def _included_sections(patched: ElfObject) -> List[Section]:
@@ -126,10 +126,10 @@ def _modinfo_namespaces(patched: ElfObject) -> bytes:
     if sec is None:
         return b""
     records = []
-    for record in sec.data.split(b"\0"):
-        at = record.find(IMPORT_NS)
+    for entry in sec.data.split(b"\0"):
+        at = entry.find(IMPORT_NS)
         if at >= 0:
-            records.append(record[at:] + b"\0")
+            records.append(entry[at:] + b"\0")
     return b"".join(records)
 
 

@@ -5,16 +5,19 @@
 
 vmlinux has about 120,000 symbols and one object asks about a few dozen names.  Building a
 Python object and a dictionary entry for every row costs a quarter of a second per build, so the
-rows are kept as a few flat columns (``array``/``bytes``) plus a name index made once when the
+rows are kept as a few flat columns (machine integers in ``bytes``, read through a ``memoryview``
+cast) plus a name index made once when the
 table is first built: the unique names in sorted order (searched by bisection) and, per name,
 its rows in table order.  The same columns are the build's cached form of the table
 (``to_payload``/``from_payload``): loading them is a few large copies and one split of the names.
+The columns are memoryviews rather than ``array``s because importing ``array`` imports
+``collections`` (about 3 ms of every start of ``tools/create-diff-object``).
 """
 
 from __future__ import annotations
 
+import struct
 import sys
-from array import array
 from bisect import bisect_left
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
@@ -28,7 +31,20 @@ _DEFINED, _INIT = 1, 2
 # The columns stored as machine arrays, with their typecodes; the payload records the machine.
 _ARRAYS = {"name_ids": "I", "values": "Q", "sizes": "Q", "indexes": "I", "by_name": "I", "starts": "I"}
 _BYTES = ("binds", "types", "flags")
-PAYLOAD_LAYOUT = (sys.byteorder,) + tuple(f"{code}{array(code).itemsize}" for code in _ARRAYS.values())
+PAYLOAD_LAYOUT = (sys.byteorder,) + tuple(f"{code}{struct.calcsize(code)}" for code in _ARRAYS.values())
+
+
+def _column(code: str, values: Iterable[int]) -> memoryview:
+    """``values`` as one writable column of machine integers of ``code`` (``I``: 32-bit, ``Q``: 64-bit)."""
+    items = list(values)
+    return memoryview(bytearray(struct.pack("%d%s" % (len(items), code), *items))).cast(code)
+
+
+def _column_of_bytes(code: str, data: bytes) -> memoryview:
+    """The column ``to_payload`` stored as ``data`` (ValueError for a length that is no whole column)."""
+    if len(data) % struct.calcsize(code):
+        raise ValueError("a symbol table column of %d bytes is no whole number of %r items" % (len(data), code))
+    return memoryview(data).cast(code)
 
 
 class SymbolRows:
@@ -61,26 +77,26 @@ class SymbolRows:
         rows = list(rows)
         names = sorted({row[0] for row in rows})
         position = {name: i for i, name in enumerate(names)}
-        name_ids = array("I", (position[row[0]] for row in rows))
-        by_name = array("I", sorted(range(len(rows)), key=name_ids.__getitem__))
-        starts = array("I", [0] * (len(names) + 1))
+        name_ids = _column("I", (position[row[0]] for row in rows))
+        by_name = _column("I", sorted(range(len(rows)), key=name_ids.__getitem__))
+        starts = _column("I", [0] * (len(names) + 1))
         for name_id in name_ids:
             starts[name_id + 1] += 1
         for i in range(len(names)):
             starts[i + 1] += starts[i]
         return cls(names, {
             "name_ids": name_ids, "by_name": by_name, "starts": starts,
-            "values": array("Q", (row[1] for row in rows)), "sizes": array("Q", (row[2] for row in rows)),
+            "values": _column("Q", (row[1] for row in rows)), "sizes": _column("Q", (row[2] for row in rows)),
             "binds": bytes(row[3] for row in rows), "types": bytes(row[4] for row in rows),
             "flags": bytes((_DEFINED if row[5] else 0) | (_INIT if row[7] else 0) for row in rows),
-            "indexes": array("I", (row[6] for row in rows))})
+            "indexes": _column("I", (row[6] for row in rows))})
 
     def to_payload(self) -> Dict[str, object]:
         """Plain ``str``/``bytes`` values (for ``marshal``), read back by ``from_payload``."""
         payload: Dict[str, object] = {"layout": PAYLOAD_LAYOUT, "names": "\0".join(self.names),
                                       "count": len(self.names)}
-        for column, code in _ARRAYS.items():
-            payload[column] = array(code, getattr(self, column)).tobytes()
+        for column in _ARRAYS:
+            payload[column] = getattr(self, column).tobytes()
         for column in _BYTES:
             payload[column] = getattr(self, column)
         return payload
@@ -94,8 +110,7 @@ class SymbolRows:
             text, count = payload["names"], payload["count"]
             columns: Dict[str, Sequence[int]] = {}
             for column, code in _ARRAYS.items():
-                columns[column] = array(code)
-                columns[column].frombytes(payload[column])  # type: ignore[attr-defined,arg-type]
+                columns[column] = _column_of_bytes(code, payload[column])  # type: ignore[arg-type]
             for column in _BYTES:
                 columns[column] = payload[column]  # type: ignore[assignment]
         except (KeyError, TypeError) as exc:

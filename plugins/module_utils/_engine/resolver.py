@@ -10,7 +10,7 @@ another object of the patch module) to one output object's symbols.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
     ExportInfo,
@@ -38,13 +38,13 @@ def running_name(sym: Symbol) -> str:
     return sym.twin.name if sym.twin is not None else sym.name
 
 
-@dataclass
+@record
 class Resolver:
     """Decides, per unresolved symbol, a normal undefined reference or a klp relocation."""
 
     symtab: ParentSymtab
     exports: Dict[str, ExportInfo]
-    blocks: ObjectBlocks = field(default_factory=ObjectBlocks)  # this object's, never another's
+    blocks: ObjectBlocks = factory(ObjectBlocks)  # this object's, never another's
 
     def find_local(self, name: str, filename: Optional[str] = None) -> Optional[Resolution]:
         """A local of this object's block of source file ``filename``."""

@@ -33,7 +33,7 @@ array of pointers to ``struct pi_entry`` objects; an entry is kept when the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
@@ -136,7 +136,7 @@ def struct_sizes_from_env(environ: Optional[Mapping[str, str]] = None) -> Dict[s
     return sizes
 
 
-@dataclass
+@record
 class KeptKey:
     """A static key / static call key referenced by a kept entry."""
 
@@ -146,14 +146,14 @@ class KeptKey:
     key: Symbol
 
 
-@dataclass
+@record
 class SpecialResult:
     """Per special section: entries kept and dropped, the entry size used, and the keys the kept entries need."""
 
-    kept: Dict[str, int] = field(default_factory=dict)      # section → entries kept
-    dropped: Dict[str, int] = field(default_factory=dict)   # section → entries dropped
-    keys: List[KeptKey] = field(default_factory=list)
-    sizes: Dict[str, int] = field(default_factory=dict)     # section → entry size
+    kept: Dict[str, int] = factory(dict)      # section → entries kept
+    dropped: Dict[str, int] = factory(dict)   # section → entries dropped
+    keys: List[KeptKey] = factory(list)
+    sizes: Dict[str, int] = factory(dict)     # section → entry size
 
 
 def declared_size(name: str, struct_sizes: Mapping[str, int]) -> Tuple[int, str]:

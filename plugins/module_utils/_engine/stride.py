@@ -18,7 +18,7 @@ when kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import record
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import R_X86_64_64, R_X86_64_PC64, Section
 
@@ -39,7 +39,7 @@ def relocation_width(rtype: int) -> int:
     return 8 if rtype in (R_X86_64_64, R_X86_64_PC64) else 4
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Stride:
     """How a special section is cut into entries."""
 
