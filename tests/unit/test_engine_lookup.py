@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import List
@@ -53,6 +54,40 @@ def test_readelf_text_and_elf_give_the_same_symbols(parent_with_duplicates):
     from_elf = [(s.name, s.value, s.size, s.bind, s.type, s.defined, s.index)
                 for s in symbols_from_model(read_symbols(str(parent))) if s.type != 3]
     assert from_text == from_elf and len(from_elf) >= 10
+
+
+# The row pattern the parser implemented before it was written with str methods (lookup._readelf_row).
+READELF_ROW = re.compile(r"^\s*(\d+):\s+([0-9a-fA-F]+)\s+(\d+|0x[0-9a-fA-F]+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*(.*)$")
+ODD_ROWS = (
+    "    90: 0000000000000010     0 NOTYPE  LOCAL  DEFAULT  UND",  # no name
+    "    91: 0000000000000020  0x1f OBJECT  GLOBAL DEFAULT    3 hex_size",
+    "    92: 00000000000000zz    16 FUNC    GLOBAL DEFAULT    1 bad_value",
+    "    93: 0000000000000030  0x1g FUNC    GLOBAL DEFAULT    1 bad_hex_size",
+    "    94: 0000000000000040  12ab FUNC    GLOBAL DEFAULT    1 bad_size",
+    "   x95: 0000000000000050    16 FUNC    GLOBAL DEFAULT    1 bad_number",
+    "    96:0000000000000060    16 FUNC    GLOBAL DEFAULT    1 glued_number",
+    "    97: 0000000000000070    16 FUNC    GLOBAL DEFAULT    1 two words",
+    "    98: 0000000000000080    16 FUNC    GLOBAL DEFAULT    1 versioned@@VER_1   ",
+    "    99: 0000000000000090    16 FUNC    GLOBAL",  # cut short
+    "   100: 00000000000000a0 \u0663 FUNC    GLOBAL DEFAULT    1 arabic_indic_size",
+)
+
+
+def test_readelf_rows_are_read_as_the_row_pattern_reads_them(parent_with_duplicates):
+    """Real rows and odd ones (short, malformed, spaced, versioned): the same symbols as the pattern."""
+    parent, _root = parent_with_duplicates
+    text = subprocess.run(["readelf", "-s", "--wide", str(parent)], capture_output=True, text=True,
+                          check=True).stdout
+    text = text.rstrip("\n") + "\n" + "\n".join(ODD_ROWS) + "\n"
+    expected = []
+    for line in text.splitlines():
+        match = READELF_ROW.match(line)
+        if match and match.group(1) != "0":
+            num, value, size, _typ, _bind, _vis, ndx, name = match.groups()
+            expected.append((int(num), name.split("@", 1)[0].strip(), int(value, 16), int(size, 0), ndx != "UND"))
+    got = [(s.index, s.name, s.value, s.size, s.defined) for s in parse_readelf_symbols(text)]
+    assert got == expected
+    assert {90, 91, 97, 98, 100} <= {row[0] for row in got} and not {92, 93, 94, 96, 99} & {row[0] for row in got}
 
 
 def test_local_sympos_follows_address_order_in_vmlinux(parent_with_duplicates):

@@ -23,14 +23,15 @@ UBSAN = re.compile(r"(\.Lubsan_(?:data|type))\d+$")
 LINE = re.compile(r"(\.[chS]):\d+")
 
 PIECES = (".", ".", "..", "cold", "part", ".cold", ".part.4", ".part.", "1", "23", "0", "foo", "_", "__UNIQUE_ID_", "ddebug", "x",
-          ".Lubsan_data", ".Lubsan_type", "isra", "constprop", ":", ".c", ".h", ".S", "c", ".c:", ":12", "\u0663")
+          ".Lubsan_data", ".Lubsan_type", "isra", "constprop", ":", ".c", ".h", ".S", "c", ".c:", ":12", "\u0663", "\u00b2")
 HAND_PICKED = ("", ".", "..", "foo", "foo.1", "foo..1", "1.2", ".1", "foo.cold", "foo.cold.12",
                "foo.part.3", "foo.part.3.cold", "foo.part", "foo.part.x", ".cold", "..cold", ".x.cold",
                "a.b.part.1.2.cold.cold", "foo.constprop.19.cold.28", "lock.63243", "foo.isra.0",
                "__UNIQUE_ID_x77", "__UNIQUE_ID_77", "__UNIQUE_ID_", "__UNIQUE_ID_ddebug12.3",
                "a__UNIQUE_ID_b__UNIQUE_ID_9", "f.__UNIQUE_ID_ddebug345", ".data..Lubsan_data12",
                ".data..Lubsan_data", ".data..Lubsan_type0", "x.Lubsan_datax1",
-               "at net/core/dev.c:10275", "a.c:1.c:2", "a.c:.h:5", "a.S:12b", "x.c:", "::5", "a.h:\u0663")
+               "at net/core/dev.c:10275", "a.c:1.c:2", "a.c:.h:5", "a.S:12b", "x.c:", "::5", "a.h:\u0663",
+               "foo.\u00b2", "x.c:\u00b2")  # U+00B2: a digit to isdigit(), not to \d
 
 
 def generated(count: int, seed: int = 12) -> list:

@@ -59,8 +59,13 @@ def _record(cls: Any = None, *, eq: bool = True, frozen: bool = False) -> Any:
 
 def _fields(cls: type) -> List[Tuple[str, Any]]:
     """(name, default or _MISSING) for each annotated field, in declaration order; ClassVar excluded."""
+    annotations = cls.__dict__.get("__annotations__")
+    if annotations is None and "__annotate__" in cls.__dict__:
+        annotations = cls.__annotations__  # Python 3.14 computes them on first access
+    if not annotations:
+        raise TypeError("%s: a record declares its fields as annotations, and it has none" % cls.__qualname__)
     found = []
-    for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+    for name, annotation in annotations.items():
         if str(annotation).startswith(("ClassVar", "typing.ClassVar")):
             continue
         found.append((name, cls.__dict__.get(name, _MISSING)))

@@ -81,23 +81,27 @@ class DiffResult:
 
 
 class _Timer:
-    """``with timer("stage"):`` adds the block's seconds to ``timings["stage"]`` (a class, not
+    """``with timer("stage"):`` adds the block's seconds to ``timings["stage"]`` (classes, not
     ``contextlib.contextmanager``: contextlib's import is part of every start of the tool)."""
 
     def __init__(self, timings: Dict[str, float]) -> None:
         self.timings = timings
-        self.stage = ""
-        self.start = 0.0
 
-    def __call__(self, name: str) -> "_Timer":
-        self.stage = name
-        return self
+    def __call__(self, name: str) -> "_Stage":
+        return _Stage(self.timings, name)
+
+
+class _Stage:
+    """One timed block of :class:`_Timer`."""
+
+    def __init__(self, timings: Dict[str, float], name: str) -> None:
+        self.timings, self.name, self.start = timings, name, 0.0
 
     def __enter__(self) -> None:
         self.start = time.perf_counter()
 
     def __exit__(self, *_exc: object) -> None:
-        self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start, 6)
+        self.timings[self.name] = round(self.timings.get(self.name, 0.0) + time.perf_counter() - self.start, 6)
 
 
 def _load(obj: Union[str, ElfObject]) -> ElfObject:

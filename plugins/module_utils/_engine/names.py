@@ -8,6 +8,8 @@ Written with ``str`` methods rather than regular expressions: ``re`` (with ``enu
 imports) is about 7 ms of every start of ``tools/create-diff-object``, which starts once per
 object, and these functions run for every symbol of both objects.  Each function states the
 pattern it implements; ``tests/unit/test_engine_names.py`` checks them against those patterns.
+One difference is deliberate: a pattern's ``$`` also matches before a final newline, and these
+functions treat a newline as any other character (symbol and section names have none).
 """
 
 from __future__ import annotations
