@@ -24,6 +24,18 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 # How much of a failing command's output goes into the exception message.
 ERROR_TAIL_LINES = 25
+# Variables kbuild or make take from the environment that change what is compiled, with which
+# flags, into which tree, or how make runs (a calling make's MAKEFLAGS: its -i, -k or -n, its
+# jobserver descriptors).  A livepatch must be compiled exactly as the running
+# kernel was, and the build's caches are keyed by its inputs, not by the environment: these never
+# reach a build's commands.  KBUILD_SIGN_PIN (the signing key's passphrase) is not among them.
+KBUILD_ENVIRONMENT = frozenset((
+    "KCPPFLAGS", "KAFLAGS", "KCFLAGS", "KRUSTFLAGS", "AFLAGS_MODULE", "AFLAGS_KERNEL", "CFLAGS_MODULE",
+    "CFLAGS_KERNEL", "RUSTFLAGS_MODULE", "RUSTFLAGS_KERNEL", "LDFLAGS_MODULE", "USERCFLAGS", "USERLDFLAGS",
+    "HOSTCFLAGS", "HOSTCXXFLAGS", "HOSTLDFLAGS", "HOSTLDLIBS", "HOSTRUSTFLAGS", "ARCH", "SUBARCH",
+    "CROSS_COMPILE", "LLVM", "LLVM_IAS", "KBUILD_OUTPUT", "KBUILD_ABS_SRCTREE", "KBUILD_EXTRA_SYMBOLS",
+    "KBUILD_EXTRA_WARN", "KBUILD_KCONFIG", "KCONFIG_CONFIG", "KBUILD_MODPOST_WARN", "KBUILD_MODPOST_NOFINAL",
+    "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "MAKEFILES", "MAKELEVEL", "MAKEOVERRIDES"))
 # A build may run one command in a background thread (the patch hook, kmod.start_hook_object):
 # each line and each command's output reaches the log whole.
 _LOG_LOCK = threading.Lock()
@@ -125,7 +137,7 @@ def run_logged(log: StepLog, argv: Sequence[str], cwd: Optional[Path] = None,
                env: Optional[Mapping[str, str]] = None, what: str = "",
                stdin_path: Optional[Path] = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command, copy its output into the log's ``.out`` file, raise KbuildError on failure."""
-    full_env = dict(os.environ)
+    full_env = {key: value for key, value in os.environ.items() if key not in KBUILD_ENVIRONMENT}
     # A deterministic, untranslated output keeps the parsing of make/patch messages reliable.
     full_env.update({"LC_ALL": "C", "LANG": "C"})
     if env:
