@@ -37,17 +37,13 @@ class FrozenRecordError(AttributeError):
 
 
 class _Factory:
-    """The marker ``factory(list)`` leaves as a field's default: a new value per instance."""
+    """``factory(make)``, dataclasses' ``field(default_factory=make)``: the marker left as a field's
+    default, so that each instance gets ``make()`` unless given a value."""
 
     __slots__ = ("make",)
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self.make = make
-
-
-def _factory(make: Callable[[], Any]) -> Any:
-    """``field(default_factory=make)``: each instance gets ``make()`` unless given a value."""
-    return _Factory(make)
 
 
 def _record(cls: Any = None, *, eq: bool = True, frozen: bool = False) -> Any:
@@ -117,7 +113,6 @@ def _build(cls: type, eq: bool, frozen: bool) -> type:
     if frozen:
         cls.__setattr__ = _refuse_assignment
         cls.__delattr__ = _refuse_deletion
-    cls.__record_fields__ = names
     return cls
 
 
@@ -179,4 +174,4 @@ if TYPE_CHECKING:  # pragma: no cover
         """``field(default_factory=make)``: to a type checker, a field with a default."""
         return make()
 else:
-    record, factory = _record, _factory
+    record, factory = _record, _Factory

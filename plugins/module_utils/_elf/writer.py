@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 import struct
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.errors import ElfWriteError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import (
     EHDR,

@@ -19,7 +19,6 @@ a changed entry (a new format string, a moved line) is one.
 
 from __future__ import annotations
 
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import hide_line_numbers, ubsan_data_base
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,

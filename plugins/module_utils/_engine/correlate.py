@@ -17,7 +17,6 @@ paired: the patched copy must be a fresh variable.
 
 from __future__ import annotations
 
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import unique_id_base, without_number_parts
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     STT_FILE,
@@ -52,7 +51,7 @@ def strip_number(name: str) -> str:
     and ``__UNIQUE_ID_x77.12`` (the counter and gcc's suffix both vary between builds)."""
     base = without_number_parts(name)  # gcc's ".N" anywhere: foo.123, foo.constprop.19.cold.28
     # __UNIQUE_ID_<name><counter>, also as clang's <func>.__UNIQUE_ID_ddebug<counter>
-    return (unique_id_base(base) or base) if "__UNIQUE_ID_" in base else base
+    return unique_id_base(base) or base
 
 
 def is_anonymous_constant(sec: Section) -> bool:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import STT_FUNC, ElfObject
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine import (
     bundle as bundle_pass,
@@ -80,19 +80,9 @@ class DiffResult:
         }
 
 
-class _Timer:
-    """``with timer("stage"):`` adds the block's seconds to ``timings["stage"]`` (classes, not
-    ``contextlib.contextmanager``: contextlib's import is part of every start of the tool)."""
-
-    def __init__(self, timings: Dict[str, float]) -> None:
-        self.timings = timings
-
-    def __call__(self, name: str) -> "_Stage":
-        return _Stage(self.timings, name)
-
-
-class _Stage:
-    """One timed block of :class:`_Timer`."""
+class _Timed:
+    """``with _Timed(timings, "stage"):`` adds the block's seconds to ``timings["stage"]`` (a class,
+    not ``contextlib.contextmanager``: contextlib's import is part of every start of the tool)."""
 
     def __init__(self, timings: Dict[str, float], name: str) -> None:
         self.timings, self.name, self.start = timings, name, 0.0
@@ -129,28 +119,27 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
     when there are no changes (``has_changes`` False) or the patch is rejected.
     """
     timings: Dict[str, float] = {}
-    timer = _Timer(timings)
     sizes = dict(struct_sizes) if struct_sizes is not None else special_pass.struct_sizes_from_env()
-    with timer("read"):
+    with _Timed(timings, "read"):
         old, new = _load(orig), _load(patched)
     result = DiffResult(object_name=str(new.path), module_name=module_name, timings=timings)
-    with timer("bundle"):
+    with _Timed(timings, "bundle"):
         verify_pass.check_headers(old, new)
         bundle_pass.bundle(old)
         bundle_pass.bundle(new)
-    with timer("correlate"):
+    with _Timed(timings, "correlate"):
         correlate_pass.correlate(old, new)
-    with timer("compare"):
+    with _Timed(timings, "compare"):
         promoted, ignored = compare_pass.compare(new)
         result.promoted = [s.name for s in promoted]
         result.ignored = ignored
-    with timer("verify"):
+    with _Timed(timings, "verify"):
         verify_pass.check_init_changes(new)
         verify_pass.check_groups(new)
         verify_pass.check_data_changes(new)
         verify_pass.check_uncarried_changes(new)
         verify_pass.check_static_local_references(new)
-    with timer("include"):
+    with _Timed(timings, "include"):
         inc = include_pass.Includer()
         include_pass.include_standard_elements(new, inc)
         changed = include_pass.include_changed_functions(new, inc)
@@ -162,18 +151,18 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
         result.new_functions = [s.name for s in include_pass.new_functions(new)]
     if not changed and not any(s.type == STT_FUNC for s in new_globals) and not result.new_functions:
         return result
-    with timer("special"):
+    with _Timed(timings, "special"):
         special = special_pass.regenerate_special_sections(new, sizes, inc)
         include_pass.include_groups(new)
         result.special_kept = {k: v for k, v in special.kept.items() if v}
         verify_pass.check_relocation_ranges(new.sections)
         verify_pass.check_no_existing_data_copied(new)
-    with timer("lookup"):
+    with _Timed(timings, "lookup"):
         symtab = _parent_symtab(parent_symtab, parent_name, wanted_by(old, new))
         # This object's blocks travel in its resolver: the table may be shared with other objects.
         blocks = symtab.select_object_blocks(old) if object_file_name(new) is not None else ObjectBlocks()
         resolver = Resolver(symtab, read_symvers(symvers), blocks)
-    with timer("output"):
+    with _Timed(timings, "output"):
         inert = drop_inert_module_keys(new, special, resolver)
         result.inert_sites = [site.describe() for site in inert]
         result.special_kept = {k: v for k, v in special.kept.items() if v}
@@ -181,7 +170,7 @@ def create_diff_object(orig: Union[str, ElfObject], patched: Union[str, ElfObjec
         verify_pass.check_keys(special.keys, built.klp_objects)
         result.klp_relocations = len(built.klp_relocations)
     if out is not None:
-        with timer("write"):
+        with _Timed(timings, "write"):
             from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer import write_elf
             write_elf(built.obj, str(out))
             result.output = str(out)

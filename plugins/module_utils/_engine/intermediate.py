@@ -95,8 +95,8 @@ name); a placeholder relocation left over is an error, never loaded.
 from __future__ import annotations
 
 import struct
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import RELA_ENTSIZE
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_64,

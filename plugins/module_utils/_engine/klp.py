@@ -39,9 +39,9 @@ module as the symbol's object, and the kernel resolves it when that module loads
 
 from __future__ import annotations
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from typing import Dict, List, Optional, Set, Tuple
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_32,
     R_X86_64_32S,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.names import without_number_suffix
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.layout import ELF_MAGIC
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.errors import PatchRejected
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.parentrows import SymbolRows

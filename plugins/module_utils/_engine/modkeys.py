@@ -17,7 +17,6 @@ is refused afterwards (``verify.check_keys``), naming the key and the function.
 from __future__ import annotations
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import record
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import ElfObject, Symbol
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import SymbolLookupError
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.resolver import Resolver

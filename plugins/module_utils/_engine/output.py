@@ -20,7 +20,6 @@ livepatch relocation can reach them.
 from __future__ import annotations
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHF_ALLOC,
     SHN_UNDEF,

@@ -40,13 +40,6 @@ def _column(code: str, values: Iterable[int]) -> memoryview:
     return memoryview(bytearray(struct.pack("%d%s" % (len(items), code), *items))).cast(code)
 
 
-def _column_of_bytes(code: str, data: bytes) -> memoryview:
-    """The column ``to_payload`` stored as ``data`` (ValueError for a length that is no whole column)."""
-    if len(data) % struct.calcsize(code):
-        raise ValueError("a symbol table column of %d bytes is no whole number of %r items" % (len(data), code))
-    return memoryview(data).cast(code)
-
-
 class SymbolRows:
     """Columns of the table (one entry per row, in table order) and the rows of each name."""
 
@@ -110,7 +103,8 @@ class SymbolRows:
             text, count = payload["names"], payload["count"]
             columns: Dict[str, Sequence[int]] = {}
             for column, code in _ARRAYS.items():
-                columns[column] = _column_of_bytes(code, payload[column])  # type: ignore[arg-type]
+                # (a length that is no whole column, or no bytes at all: TypeError, as a missing field)
+                columns[column] = memoryview(payload[column]).cast(code)  # type: ignore[arg-type]
             for column in _BYTES:
                 columns[column] = payload[column]  # type: ignore[assignment]
         except (KeyError, TypeError) as exc:

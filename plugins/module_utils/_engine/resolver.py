@@ -11,7 +11,6 @@ another object of the patch module) to one output object's symbols.
 from __future__ import annotations
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._engine.lookup import (
     ExportInfo,
     ObjectBlocks,

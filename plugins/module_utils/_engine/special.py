@@ -33,8 +33,8 @@ array of pointers to ``struct pi_entry`` objects; an entry is kept when the
 from __future__ import annotations
 
 import os
-from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 
+from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import factory, record
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     R_X86_64_PC32,
     R_X86_64_PLT32,

@@ -19,7 +19,6 @@ when kept.
 from __future__ import annotations
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.record import record
-
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import R_X86_64_64, R_X86_64_PC64, Section
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
