@@ -33,9 +33,8 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
 
 TYPE_CHECKING = False  # the annotations are strings: typing's import stays off the engine's start-up
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+    from typing import Dict, List, Optional, Tuple
 
-    T = TypeVar("T")
 
 # Prefixes under which gcc places a symbol's own section.
 _SECTION_PREFIXES = (".text.", ".text.unlikely.", ".text.hot.", ".text.startup.", ".data.",
@@ -227,12 +226,23 @@ def _target_symbol(index: "_SymbolIndex", sec: Section, offsets: Tuple[int, ...]
     return None
 
 
-def _relocations_into(obj: ElfObject,
-                      kind: Callable[[Section], T]) -> Iterator[Tuple[Relocation, Section, Section, T]]:
-    """(relocation, its base, target section, ``kind(target)``) for each relocation of non-debug code or
-    data through a section or untyped symbol whose target section has a true ``kind``; ``kind`` is
-    asked once per target section, not once per relocation."""
-    kinds: Dict[int, T] = {}
+_STRINGS = -1  # _pointed_kind of a .rodata.str* section (a constant pool's kind is its width)
+
+
+def _pointed_kind(sec: Section) -> int:
+    return _STRINGS if is_string_section(sec) else constant_width(sec)
+
+
+def annotate_pointed_values(obj: ElfObject) -> None:
+    """Record in ``reloc.string`` what a relocation of non-debug code or data through a section or
+    untyped symbol points at: the literal of a ``.rodata.str*`` string, or the bytes of a
+    ``.rodata.cstN`` constant (``cst:<hex>``).
+
+    The assembler merges equal constants, so a pool's layout shifts when one constant changes;
+    comparing the referenced value catches a changed constant even when its offset did not move.
+    One walk over the relocations, the target's kind decided once per section.
+    """
+    kinds: Dict[int, int] = {}
     for rela in obj.sections:
         if not rela.is_rela or rela.base is None or rela.base.is_debug:
             continue
@@ -240,33 +250,18 @@ def _relocations_into(obj: ElfObject,
             sec = reloc.sym.section
             if sec is None or reloc.sym.type not in (STT_SECTION, STT_NOTYPE):
                 continue
-            found = kinds.get(id(sec))
-            if found is None:
-                found = kinds[id(sec)] = kind(sec)
-            if found:
-                yield reloc, rela.base, sec, found
-
-
-def annotate_strings(obj: ElfObject) -> None:
-    """Record the literal a relocation into a ``.rodata.str*`` section points at."""
-    for reloc, base, sec, _string in _relocations_into(obj, is_string_section):
-        start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, base)
-        end = sec.data.find(b"\0", start)
-        if 0 <= start <= len(sec.data):
-            reloc.string = sec.data[start:end if end >= 0 else len(sec.data)].decode("latin-1")
-
-
-def annotate_constants(obj: ElfObject) -> None:
-    """Record the bytes a relocation into a ``.rodata.cstN`` pool points at.
-
-    The assembler merges equal constants, so a pool's layout shifts when one
-    constant changes; comparing the referenced value catches a changed constant
-    even when its offset did not move.
-    """
-    for reloc, base, sec, width in _relocations_into(obj, constant_width):
-        start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, base)
-        if 0 <= start <= len(sec.data) - width:
-            reloc.string = "cst:" + sec.data[start:start + width].hex()
+            kind = kinds.get(id(sec))
+            if kind is None:
+                kind = kinds[id(sec)] = _pointed_kind(sec)
+            if not kind:
+                continue
+            start = reloc.sym.value + reloc.addend + pc_relative_bias(reloc, rela.base)
+            if kind == _STRINGS:
+                end = sec.data.find(b"\0", start)
+                if 0 <= start <= len(sec.data):
+                    reloc.string = sec.data[start:end if end >= 0 else len(sec.data)].decode("latin-1")
+            elif 0 <= start <= len(sec.data) - kind:
+                reloc.string = "cst:" + sec.data[start:start + kind].hex()
 
 
 def constant_width(sec: Section) -> int:
@@ -287,6 +282,5 @@ def bundle(obj: ElfObject) -> None:
     link_prefix_symbols(obj)
     bundle_symbols(obj)
     link_children(obj)
-    annotate_strings(obj)
-    annotate_constants(obj)
+    annotate_pointed_values(obj)
     replace_section_symbols(obj)
