@@ -91,8 +91,11 @@ def interpreter_flags(script: Path) -> List[str]:
     return words[at + 1:]
 
 
+OURS_FLAGS = interpreter_flags(OURS)
+
+
 def tool_argv(tool: Path, orig: Path, patched: Path, symtab: Path, out: Path) -> List[str]:
-    prefix = [sys.executable, *interpreter_flags(tool)] if tool == OURS else []
+    prefix = [sys.executable, *OURS_FLAGS] if tool == OURS else []
     return prefix + [str(tool), str(orig), str(patched), "vmlinux", str(symtab), "/dev/null", "test_bench", str(out)]
 
 

@@ -2,7 +2,7 @@
 
 Real ``.ko`` files of three shapes round-trip to objects GNU readelf finds equivalent, and every
 symbol of the real ``vmlinux`` reads as readelf shows it.  The gcc-compiled inputs are
-tests/unit/test_elf_roundtrip.py's, with the helpers used here.
+tests/unit/test_elf_roundtrip.py's; the checks are tests/unit/elf_checks.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_symbols
 from tests.testbed.kernels import DEFAULT_RELEASE, fetch_kernel
 from tests.testbed.readelf import parse_sections, parse_symbols, readelf
-from tests.unit.test_elf_roundtrip import assert_equivalent, assert_links, roundtrip
+from tests.unit.elf_checks import assert_equivalent, assert_links, roundtrip
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,9 @@ every output must also pass ``readelf -a -W`` without a warning and link with ``
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
-from typing import List, Tuple
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import (
     SHN_ABS,
@@ -36,6 +33,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.model import
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.reader import read_elf, read_symbols
 from ansible_collections.kpatch.livepatch.plugins.module_utils._elf.writer import serialise, write_elf
 from tests.testbed.readelf import elf_view, parse_sections, parse_symbols, readelf, view_diff
+from tests.unit.elf_checks import assert_equivalent, assert_links, roundtrip
 from tests.unit.elf_samples import SAMPLE_C, assemble, compile_c, many_sections_asm
 
 _REGENERATED = (SHT_SYMTAB, SHT_STRTAB, SHT_SYMTAB_SHNDX, SHT_RELA, SHT_GROUP)
@@ -54,39 +52,6 @@ def sample_obj(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def many_obj(workdir: Path) -> Path:
     return assemble(workdir, "many", many_sections_asm())
-
-
-def roundtrip(src: Path, dest: Path) -> Path:
-    write_elf(read_elf(str(src)), str(dest))
-    return dest
-
-
-def plain_contents(path: Path) -> List[Tuple[str, bytes]]:
-    """(name, bytes) of every section the writer copies verbatim, read by pyelftools."""
-    out = []
-    with open(path, "rb") as fh:
-        elf = ELFFile(fh)
-        for sec in elf.iter_sections():
-            header_type = sec.header["sh_type"]
-            if sec.header["sh_type"] in ("SHT_NULL", "SHT_SYMTAB", "SHT_STRTAB", "SHT_SYMTAB_SHNDX",
-                                         "SHT_RELA", "SHT_GROUP"):
-                continue
-            data = b"" if header_type == "SHT_NOBITS" else sec.data()
-            out.append((sec.name, data))
-    return out
-
-
-def assert_equivalent(src: Path, out: Path) -> None:
-    readelf(out, "-a")  # raises on any warning or error
-    diff = view_diff(elf_view(src), elf_view(out))
-    assert diff == "", f"{out} differs from {src}:\n{diff}"
-    assert plain_contents(src) == plain_contents(out), f"section contents of {out} differ from {src}"
-
-
-def assert_links(obj: Path, workdir: Path) -> None:
-    linked = workdir / (obj.stem + ".ld-r.o")
-    proc = subprocess.run(["ld", "-r", str(obj), "-o", str(linked)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0 and not proc.stderr.strip(), f"ld -r {obj}: {proc.stderr}"
 
 
 # --------------------------------------------------------------------------- round trips

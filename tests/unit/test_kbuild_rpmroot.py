@@ -57,7 +57,7 @@ def test_a_host_without_dnf_is_refused_by_name_and_keeps_nothing(tmp_path: Path,
     # error that names it, and neither a root nor a temporary directory stays in the cache.
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     recipe = rpm_recipe("6.11.4-301.fc41.x86_64", FEDORA_GCC)
-    with pytest.raises(KbuildError, match="dnf is not installed on the build host"):
+    with pytest.raises(KbuildError, match=r"toolchain root for fc41 \(gcc; .*command not found: dnf"):
         ensure_toolroot(tmp_path / "cache", recipe, FEDORA_GCC, StepLog(tmp_path / "log"))
     left = [p.name for p in (tmp_path / "cache" / "toolroots").iterdir() if not p.name.endswith(".lock")]
     assert left == []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.compiler import compiler_identity
 from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.elfcomment import comment_strings
-from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.cachefile import read_keyed_json, write_keyed_json
+from ansible_collections.kpatch.livepatch.plugins.module_utils._kbuild.steplog import KbuildError, StepLog, run_logged
 
 STAMP = ".kpatch-toolroot.json"
 FORMAT = 1
@@ -170,18 +170,8 @@ def verify_root(root: Path, recipe: RootRecipe, identity: str) -> None:
 
 def _populate(tmp: Path, recipe: RootRecipe, log: StepLog) -> None:
     """Fill ``tmp`` with the recipe's release and compiler; plain ``gcc``/``cc`` become that compiler."""
-    argv = recipe.populate(tmp)
-    try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                              check=False)
-    except FileNotFoundError as exc:
-        raise KbuildError(f"{argv[0]} is not installed on the build host: the toolchain root for {recipe.name} "
-                          f"({recipe.gcc}) is made with it (or toolchain_root=never)") from exc
-    log.append_output(f"$ {' '.join(argv)} -> rc={proc.returncode}", proc.stdout)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-15:])
-        raise KbuildError(f"{argv[0]} of {recipe.name} with {recipe.gcc} failed (exit {proc.returncode}):\n{tail}\n"
-                          f"full output: {log.output_path}")
+    run_logged(log, recipe.populate(tmp),
+               what=f"making the toolchain root for {recipe.name} ({recipe.gcc}; or toolchain_root=never)")
     if recipe.gcc == "gcc":
         return
     local_bin = tmp / "usr" / "local" / "bin"
@@ -192,13 +182,6 @@ def _populate(tmp: Path, recipe: RootRecipe, log: StepLog) -> None:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(f"/usr/bin/{recipe.gcc}")
-
-
-def _read_stamp(path: Path) -> Optional[dict]:
-    try:
-        return json.loads((path / STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def ensure_toolroot(cache_dir: Path, recipe: RootRecipe, identity: str, log: StepLog) -> Tuple[ToolRoot, bool]:
@@ -219,17 +202,16 @@ def ensure_toolroot(cache_dir: Path, recipe: RootRecipe, identity: str, log: Ste
 
 
 def _ensure_locked(final: Path, recipe: RootRecipe, identity: str, log: StepLog) -> Tuple[ToolRoot, bool]:
-    stamp = _read_stamp(final)
-    if stamp and stamp.get("compiler") == identity and stamp.get("format") == FORMAT:
+    key = {"format": FORMAT, "compiler": identity}
+    if read_keyed_json(final / STAMP, key) is not None:
         return ToolRoot(final, recipe.name, identity), True
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     start = time.monotonic()
     try:
         _populate(tmp, recipe, log)
         verify_root(tmp, recipe, identity)
-        (tmp / STAMP).write_text(json.dumps({"format": FORMAT, "suite": recipe.name, "compiler": identity,
-                                             "package": recipe.gcc, "seconds": round(time.monotonic() - start, 1)}),
-                                 encoding="utf-8")
+        write_keyed_json(tmp / STAMP, key, {"suite": recipe.name, "package": recipe.gcc,
+                                            "seconds": round(time.monotonic() - start, 1)})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
