@@ -23,7 +23,7 @@ from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.module_utils.six import string_types
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.atomic import atomic_write
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.atomic import atomic_write, holds
 
 
 def parse_mode(value):
@@ -56,16 +56,6 @@ def checked_files(files):
     return out
 
 
-def differs(path, data, mode):
-    """The file is missing, holds other bytes or has other permissions."""
-    try:
-        with open(path, "rb") as handle:
-            same = handle.read() == data
-        return not same or (os.stat(path).st_mode & 0o7777) != mode
-    except FileNotFoundError:
-        return True
-
-
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("files",))
@@ -76,16 +66,15 @@ class ActionModule(ActionBase):
         del tmp
         try:
             files = checked_files(self._task.args.get("files"))
-            written = [path for path, data, mode in files if differs(path, data, mode)]
+            changed = [(path, data, mode) for path, data, mode in files if not holds(path, data, mode)]
             if not self._task.check_mode:
-                for path, data, mode in files:
-                    if path in written:
-                        atomic_write(path, data, mode)
+                for path, data, mode in changed:
+                    atomic_write(path, data, mode)
         except AnsibleActionFail as exc:
             result.update(failed=True, msg=to_text(exc))
             return result
         except OSError as exc:
             result.update(failed=True, msg="writing %s on the controller failed: %s" % (exc.filename, exc.strerror))
             return result
-        result.update(changed=bool(written), written=written, paths=[path for path, _data, _mode in files])
+        result.update(changed=bool(changed), written=[path for path, _data, _mode in changed], paths=[path for path, _data, _mode in files])
         return result

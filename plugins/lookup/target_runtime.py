@@ -71,7 +71,7 @@ import zipfile
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.atomic import atomic_write
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.atomic import atomic_write, holds
 
 PACKAGE = "kpatch_target"
 MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
@@ -137,12 +137,8 @@ def publish(data, cache_dir):
     """Write ``data`` as ``kpatch_target-<sha256[:16]>.zip`` in ``cache_dir`` unless it is there."""
     digest = hashlib.sha256(data).hexdigest()[:16]
     path = os.path.join(cache_dir, "%s-%s.zip" % (PACKAGE, digest))
-    if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            if fh.read() == data:
-                return path
-    # Atomic: a concurrent play never reads a half-written archive.
-    atomic_write(path, data)
+    if not holds(path, data):
+        atomic_write(path, data)  # atomic: a concurrent play never reads a half-written archive
     return path
 
 

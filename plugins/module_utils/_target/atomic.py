@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Optional
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -29,3 +30,13 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def holds(path: str, data: bytes, mode: Optional[int] = None) -> bool:
+    """Whether ``path`` already holds exactly ``data`` (and, given ``mode``, those permission bits):
+    the writers that skip a write which would change nothing ask this."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read() == data and (mode is None or (os.fstat(handle.fileno()).st_mode & 0o7777) == mode)
+    except FileNotFoundError:
+        return False
