@@ -4,6 +4,7 @@ Each carries a real ``.modinfo`` section (the strings kbuild's modpost writes: n
 livepatch) so that the stdlib reader, the loader's checks and the executor see what they see in a
 ``.ko``.  Nothing here is loadable: ``RecordingKernel`` stands in for the loader's kernel
 operations, and the tests that really load run in the VM (tests/integration/test_target_kpatch.py).
+``host_state`` builds the HostState the planner and the boot service are given.
 """
 
 from __future__ import annotations
@@ -15,10 +16,23 @@ from typing import List, Optional, Tuple
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.executor import KernelOps
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
     LoadResult, LoaderError, TransitionOutcome)
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state import HostState
+from ansible_collections.kpatch.livepatch.plugins.module_utils._target.sysfs import KernelModule, LivePatch
 from tests.unit.elf_samples import compile_c
 
 RELEASE = "6.1.0-50-cloud-amd64"
 OTHER_RELEASE = "6.1.0-51-cloud-amd64"
+
+
+def host_state(release: str, patches=(), stale=(), installed=None, hashes=None, supported: bool = True) -> HostState:
+    """The host as gather_host_state sees it: ``patches`` are (name, enabled) or (name, enabled, in
+    transition), each with its module loaded; ``stale`` names modules loaded without a patch."""
+    lps = {p[0]: LivePatch(name=p[0], enabled=p[1], transition=p[2] if len(p) > 2 else False, replace=None)
+           for p in patches}
+    mods = {name: KernelModule(name=name, taint="OEK", srcversion=None, refcnt=0)
+            for name in list(lps) + list(stale)}
+    return HostState(release=release, livepatch_supported=supported, patches=lps, modules=mods,
+                     installed=installed or {}, installed_sha256=hashes or {})
 
 
 def vermagic(release: str) -> str:

@@ -18,9 +18,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._target.executor 
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.loader import (
     HostLock, LoaderError, list_installed)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state import HostState
-from ansible_collections.kpatch.livepatch.plugins.module_utils._target.sysfs import (
-    KernelModule, LivePatch)
-from tests.unit.target_modules import OTHER_RELEASE, RELEASE, RecordingKernel, module_file, vermagic
+from tests.unit.target_modules import OTHER_RELEASE, RELEASE, RecordingKernel, host_state, module_file, vermagic
 
 
 @pytest.mark.parametrize("cmdline,disabled", [
@@ -38,12 +36,7 @@ def test_kpatch_enable_switch(cmdline, disabled):
 
 def booted_host(install_dir: Path, patches=(), stale=(), supported: bool = True) -> HostState:
     """The host as gather_host_state sees it at boot, with the installed files really listed."""
-    lps = {name: LivePatch(name=name, enabled=enabled, transition=False, replace=None)
-           for name, enabled in patches}
-    mods = {name: KernelModule(name=name, taint="OEK", srcversion=None, refcnt=0)
-            for name in list(lps) + list(stale)}
-    return HostState(release=RELEASE, livepatch_supported=supported, patches=lps, modules=mods,
-                     installed=list_installed(str(install_dir)))
+    return host_state(RELEASE, patches, stale, installed=list_installed(str(install_dir)), supported=supported)
 
 
 def test_loads_the_running_kernels_modules_in_name_order_and_skips_others(tmp_path: Path) -> None:

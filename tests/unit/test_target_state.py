@@ -10,6 +10,7 @@ from ansible_collections.kpatch.livepatch.plugins.module_utils._target.state imp
     Desired, HostState, PlanError, Source, plan, predict, snapshot)
 from ansible_collections.kpatch.livepatch.plugins.module_utils._target.sysfs import (
     KernelModule, LivePatch)
+from tests.unit.target_modules import host_state
 
 REL = "6.1.0-50-cloud-amd64"
 OTHER = "6.1.0-51-cloud-amd64"
@@ -17,12 +18,7 @@ DEST = f"/var/lib/kpatch/{REL}/lp.ko"
 
 
 def host(patches=(), stale=(), installed=None, hashes=None, supported=True) -> HostState:
-    lps = {name: LivePatch(name=name, enabled=enabled, transition=transition, replace=None)
-           for name, enabled, transition in patches}
-    mods = {name: KernelModule(name=name, taint="OEK", srcversion=None, refcnt=0)
-            for name in list(lps) + list(stale)}
-    return HostState(release=REL, livepatch_supported=supported, patches=lps, modules=mods,
-                     installed=installed or {}, installed_sha256=hashes or {})
+    return host_state(REL, patches, stale, installed, hashes, supported)
 
 
 SRC = Source(path="/var/lib/kpatch/.staging/aa.ko", name="lp", sha256="aa", srcversion=None)
